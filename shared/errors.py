@@ -1,0 +1,57 @@
+"""The one error tree.
+
+Every failure a job can meet is one of three kinds, and the worker's outcome map
+(`worker.outcomes`) turns the kind into what happens to the message:
+
+- `RetryableError`: transient (throttling, network, a lost race). Release the message with
+  backoff; the queue's redrive sends it to the dead-letter queue after N receives.
+- `PermanentError`: the job can never succeed as specified (bad spec, missing dataset,
+  failed weights download). Record FAILED and delete the message.
+- `FatalError`: the worker itself cannot go on (broken configuration, unknown backend).
+  Release the message untouched and stop the worker.
+"""
+
+from __future__ import annotations
+
+
+class SpotsweepError(Exception):
+    """Base of every error spotsweep raises on purpose."""
+
+
+class RetryableError(SpotsweepError):
+    """Transient: the same work may succeed if tried again later."""
+
+
+class PermanentError(SpotsweepError):
+    """The job can never succeed as specified."""
+
+
+class FatalError(SpotsweepError):
+    """The process cannot continue (configuration, credentials, missing resource)."""
+
+
+class BadInputError(PermanentError):
+    """User input is invalid. `path` is the JSON path of the offending field, if known."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class NotFoundError(PermanentError):
+    """A study, job, dataset or artifact that was asked for does not exist."""
+
+
+class ConflictError(RetryableError):
+    """A conditional write lost: the row is not in the state the writer expected."""
+
+
+class LeaseLostError(ConflictError):
+    """This worker's fencing token is stale: another worker owns the job now.
+
+    The fenced-out worker must stop and must neither ack nor release the message.
+    """
+
+
+class ResourceMissingError(FatalError):
+    """A queue, table or bucket that the configuration names does not exist."""

@@ -1,0 +1,289 @@
+"""The study file (`sweep.json`) and its expansion into jobs.
+
+A list in `parameters` means "one of these"; optimizer entries expand their own lists. The grid
+is the product of every list; `search` picks all of it or a seeded subset. The grid's size is
+computed before anything is expanded, and capped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from shared.architectures import ARCHITECTURES
+from shared.errors import BadInputError
+from shared.jobs import (
+    Augmentation,
+    EarlyStopping,
+    Head,
+    JobSpec,
+    ModelSpec,
+    TrainingSpec,
+    first_error,
+    job_id_for,
+    short_hash,
+)
+from shared.optimizers import CONCRETE_CLASSES, OptimizerGrid, OptimizerSpec, Sgd
+
+GRID_CAP = 100_000  # no study may expand to more jobs than this, whatever it says
+STUDY_SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GridSearch(_Strict):
+    method: Literal["grid"] = "grid"
+
+
+class RandomSearch(_Strict):
+    method: Literal["random"]
+    fraction: float | None = Field(None, gt=0, le=1)
+    count: int | None = Field(None, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_size(self) -> RandomSearch:
+        if (self.fraction is None) == (self.count is None):
+            raise ValueError("give exactly one of fraction or count")
+        return self
+
+    def size(self, grid_size: int) -> int:
+        if self.count is not None:
+            return min(self.count, grid_size)
+        return max(1, math.floor(self.fraction * grid_size + 1e-9))  # type: ignore[operator]
+
+
+Search = Annotated[Union[GridSearch, RandomSearch], Field(discriminator="method")]
+Weights = Union[Literal["imagenet"], None, str]
+
+
+def _listify(value: Any) -> Any:
+    return value if isinstance(value, list) else [value]
+
+
+class Parameters(_Strict):
+    """The swept axes. A scalar means a fixed value; a list means one of these."""
+
+    architecture: list[str] = Field(min_length=1)
+    weights: list[Weights] = Field(["imagenet"], min_length=1)
+    image_size: list[Annotated[int, Field(ge=16, le=2048)]] | None = None
+    optimizer: list[OptimizerGrid] = Field([{"name": "adam"}], min_length=1)  # type: ignore[valid-type]
+    batch_size: list[Annotated[int, Field(ge=1, le=4096)]] = Field([32], min_length=1)
+    data_fraction: list[Annotated[float, Field(gt=0, le=1)]] = Field([1.0], min_length=1)
+    augmentation: list[bool | Augmentation] = Field([False], min_length=1)
+
+    _listify_all = field_validator("*", mode="before")(_listify)
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_architectures(cls, names: list[str]) -> list[str]:
+        for index, name in enumerate(names):
+            if name not in ARCHITECTURES:
+                known = ", ".join(ARCHITECTURES)
+                raise ValueError(f"[{index}]: unknown architecture {name!r} (known: {known})")
+        return names
+
+
+class Training(_Strict):
+    epochs: int = Field(10, ge=1, le=10_000)
+    early_stopping: EarlyStopping | None = EarlyStopping()
+    repeats: int = Field(1, ge=1, le=100)
+    feature_cache: bool = True
+
+
+class FinetuneFollowUp(_Strict):
+    top: int = Field(1, ge=1)
+    unfreeze_from: int | str | None = None
+    optimizer: OptimizerSpec = Sgd(learning_rate=1e-4, momentum=0.9)
+    epochs: int | None = Field(None, ge=1)
+    early_stopping: EarlyStopping | None = EarlyStopping(patience=3)
+
+
+class EvaluateFollowUp(_Strict):
+    top: int = Field(3, ge=1)
+
+
+class StudySpec(_Strict):
+    version: Literal[1] = STUDY_SCHEMA_VERSION
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    dataset: str = Field(min_length=1)
+    image_size: int = Field(224, ge=16, le=2048)
+    validation_split: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+    search: Search = GridSearch()
+    parameters: Parameters
+    training: Training = Training()
+    head: Head = Head()
+    finetune: FinetuneFollowUp | None = None
+    evaluate: EvaluateFollowUp | None = None
+    max_jobs: int = Field(10_000, ge=1, le=GRID_CAP)
+
+    @model_validator(mode="after")
+    def _sizes_fit_architectures(self) -> StudySpec:
+        sizes = self.parameters.image_size or [self.image_size]
+        for index, name in enumerate(self.parameters.architecture):
+            for size in sizes:
+                for weights in self.parameters.weights:
+                    reason = ARCHITECTURES[name].size_error(size, weights)
+                    if reason:
+                        raise ValueError(f"parameters.architecture[{index}]: {reason}")
+        return self
+
+    @model_validator(mode="after")
+    def _grid_under_cap(self) -> StudySpec:
+        total = grid_size(self) * self.training.repeats
+        if isinstance(self.search, RandomSearch):
+            total = self.search.size(grid_size(self)) * self.training.repeats
+        if total > self.max_jobs:
+            raise ValueError(f"parameters: the study expands to {total} jobs, above max_jobs {self.max_jobs}")
+        return self
+
+    @property
+    def study_id(self) -> str:
+        """Deterministic: the same study file gives the same id, so resubmitting creates nothing."""
+        slug = re.sub(r"[^a-z0-9-]+", "-", self.name.lower()).strip("-")[:40]
+        return f"{slug}-{short_hash(self.canonical_json(), 8)}"
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def parse_study(text: str, source: str = "study") -> StudySpec:
+    """Parse and validate a study file's text. Raises BadInputError naming the bad field's path."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", source) from None
+    if not isinstance(data, dict):
+        raise BadInputError("a study file is a JSON object", source)
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as exc:
+        message, path = first_error(exc)
+        message = message.removeprefix("Value error, ")
+        if message.startswith("parameters") and ": " in message:  # our validators name their own path
+            path, message = message.split(": ", 1)
+        elif message.startswith("[") and "]: " in message:
+            index, message = message.split(": ", 1)
+            path += index
+        raise BadInputError(message, path or "study") from None
+
+
+# --- the grid --------------------------------------------------------------------------------
+
+
+def _optimizer_points(spec: StudySpec) -> list[list[dict[str, Any]]]:
+    """Per optimizer entry, its parameter axes as lists of {param: value} choices."""
+    entries = []
+    for entry in spec.parameters.optimizer:
+        data = entry.model_dump()
+        name = data.pop("name")
+        entries.append([{"name": name}] + [[{k: v} for v in values] for k, values in data.items()])
+    return entries
+
+
+def _count_optimizers(spec: StudySpec) -> int:
+    return sum(math.prod(len(axis) for axis in entry[1:]) for entry in _optimizer_points(spec))
+
+
+def _axes(spec: StudySpec) -> list[list[Any]]:
+    params = spec.parameters
+    return [
+        params.architecture,
+        params.weights,
+        params.image_size or [spec.image_size],
+        list(range(_count_optimizers(spec))),
+        params.batch_size,
+        params.data_fraction,
+        params.augmentation,
+    ]
+
+
+def grid_size(spec: StudySpec) -> int:
+    """The number of grid points, computed without expanding anything (repeats excluded)."""
+    return math.prod(len(axis) for axis in _axes(spec))
+
+
+def _nth_optimizer(spec: StudySpec, index: int) -> OptimizerSpec:
+    for entry in _optimizer_points(spec):
+        axes = entry[1:]
+        count = math.prod(len(axis) for axis in axes)
+        if index < count:
+            params = dict(entry[0])
+            for axis in reversed(axes):  # mixed-radix digits, last axis fastest
+                index, digit = divmod(index, len(axis))
+                params.update(axis[digit])
+            return CONCRETE_CLASSES[params["name"]](**params)
+        index -= count
+    raise IndexError(index)
+
+
+def _grid_point(spec: StudySpec, axes: list[list[Any]], index: int) -> list[Any]:
+    digits = []
+    for axis in reversed(axes):
+        index, digit = divmod(index, len(axis))
+        digits.append(axis[digit])
+    return digits[::-1]
+
+
+def selected_points(spec: StudySpec) -> list[int]:
+    """Grid indices the search picks, in grid order. Random search is seeded and reproducible."""
+    size = grid_size(spec)
+    if isinstance(spec.search, RandomSearch):
+        return sorted(random.Random(spec.search.seed).sample(range(size), spec.search.size(size)))
+    return list(range(size))
+
+
+def job_count(spec: StudySpec) -> int:
+    return len(selected_points(spec)) * spec.training.repeats
+
+
+def _augmentation(value: bool | Augmentation) -> Augmentation | None:
+    if value is True:
+        return Augmentation.default()
+    if value is False or not value.enabled:  # type: ignore[union-attr]
+        return None
+    return value  # type: ignore[return-value]
+
+
+def _train_spec(spec: StudySpec, point: list[Any], repeat: int) -> JobSpec:
+    architecture, weights, image_size, optimizer_index, batch_size, data_fraction, augmentation = point
+    return JobSpec(
+        kind="train",
+        dataset=spec.dataset,
+        validation_split=spec.validation_split,
+        model=ModelSpec(architecture=architecture, weights=weights, image_size=image_size, head=spec.head),
+        optimizer=_nth_optimizer(spec, optimizer_index),
+        training=TrainingSpec(
+            batch_size=batch_size,
+            epochs=spec.training.epochs,
+            data_fraction=data_fraction,
+            early_stopping=spec.training.early_stopping,
+            augmentation=_augmentation(augmentation),
+            seed=spec.seed + repeat,
+            feature_cache=spec.training.feature_cache,
+        ),
+        repeat=repeat,
+    )
+
+
+def expand(spec: StudySpec) -> Iterator[tuple[str, JobSpec]]:
+    """Yield (job_id, JobSpec) for every training job of the study, lazily, in grid order."""
+    axes = _axes(spec)
+    study_id = spec.study_id
+    for index in selected_points(spec):
+        point = _grid_point(spec, axes, index)
+        for repeat in range(spec.training.repeats):
+            job = _train_spec(spec, point, repeat)
+            yield job_id_for(study_id, job), job

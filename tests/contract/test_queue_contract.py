@@ -1,0 +1,95 @@
+"""The JobQueue contract (shared.ports.JobQueue), for every adapter."""
+
+from __future__ import annotations
+
+import time
+
+from tests.contract.conftest import LEASE_S, MAX_RECEIVES
+
+
+def receive_one(queue, wait_s: float = 5.0):
+    deliveries = queue.receive(max_messages=1, wait_s=wait_s)
+    assert len(deliveries) == 1, deliveries
+    return deliveries[0]
+
+
+def test_sent_message_is_received_once_with_count_one(queue):
+    assert queue.send(["hello"]) == 1
+    delivery = receive_one(queue)
+    assert (delivery.body, delivery.receive_count) == ("hello", 1)
+    assert queue.receive(max_messages=1, wait_s=0) == []  # invisible while in flight
+
+
+def test_many_messages_are_sent_in_batches_and_all_received(queue):
+    bodies = [f"m{i}" for i in range(23)]
+    assert queue.send(bodies) == 23
+    seen = []
+    deadline = time.monotonic() + 20
+    while len(seen) < 23 and time.monotonic() < deadline:
+        for delivery in queue.receive(max_messages=10, wait_s=1):
+            seen.append(delivery.body)
+            queue.delete([delivery.receipt])
+    assert sorted(seen) == sorted(bodies)
+
+
+def test_unacked_message_reappears_after_visibility_timeout(queue):
+    queue.send(["again"])
+    first = receive_one(queue)
+    time.sleep(LEASE_S + 0.5)
+    second = receive_one(queue)
+    assert second.body == "again" and second.receive_count == 2
+    assert second.receipt != first.receipt
+
+
+def test_deleted_message_never_comes_back(queue):
+    queue.send(["done"])
+    queue.delete([receive_one(queue).receipt])
+    time.sleep(LEASE_S + 0.5)
+    assert queue.receive(max_messages=1, wait_s=0.5) == []
+    assert queue.counts().backlog == 0
+
+
+def test_extend_keeps_message_invisible_past_timeout(queue):
+    queue.send(["long job"])
+    delivery = receive_one(queue)
+    assert queue.extend(delivery.receipt, LEASE_S * 3) is True
+    time.sleep(LEASE_S + 0.5)
+    assert queue.receive(max_messages=1, wait_s=0) == []
+    assert queue.counts().in_flight == 1
+
+
+def test_extend_with_stale_receipt_is_refused(queue):
+    queue.send(["taken over"])
+    stale = receive_one(queue)
+    time.sleep(LEASE_S + 0.5)
+    receive_one(queue)  # another worker takes it: the first receipt is stale now
+    assert queue.extend(stale.receipt, LEASE_S * 3) is False
+
+
+def test_release_makes_message_visible_at_once(queue):
+    queue.send(["retry me"])
+    queue.release(receive_one(queue).receipt)
+    again = receive_one(queue, wait_s=2)
+    assert again.body == "retry me" and again.receive_count == 2
+
+
+def test_message_received_too_often_goes_to_dead_letters(queue):
+    queue.send(["poisonous"])
+    for _ in range(MAX_RECEIVES):
+        queue.release(receive_one(queue).receipt)
+    assert queue.receive(max_messages=1, wait_s=1) == []
+    deadline = time.monotonic() + 10
+    while queue.counts().dead < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert queue.dead_letters() == ["poisonous"]
+
+
+def test_dead_letter_moves_message_aside_at_once(queue):
+    queue.send(["not json", "fine"])
+    deliveries = queue.receive(max_messages=2, wait_s=2)
+    while len(deliveries) < 2:
+        deliveries += queue.receive(max_messages=1, wait_s=2)
+    bad = next(d for d in deliveries if d.body == "not json")
+    queue.dead_letter(bad, "invalid JSON")
+    assert queue.dead_letters() == ["not json"]
+    assert queue.counts().dead == 1
