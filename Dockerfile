@@ -1,0 +1,46 @@
+# spotsweep worker image: `worker run` on a CUDA TensorFlow base.
+#   docker build -t spotsweep-worker .
+#   docker run --rm --gpus all --network host --env-file /etc/spotsweep/worker.env \
+#     --volume /data:/data spotsweep-worker --idle-timeout 600
+# terraform/README.md ("Running the worker as a container") shows how the instances run it.
+
+# The base pins TensorFlow (2.21.0, as pyproject.toml's tensorflow==2.21.*) with its CUDA/cuDNN.
+FROM tensorflow/tensorflow:2.21.0-gpu
+
+ARG SPOTSWEEP_UID=10001
+
+# PIP_BREAK_SYSTEM_PACKAGES: the image's Python is the system one and this image is the
+# worker's only environment (TensorFlow from the base is reused, not reinstalled).
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_BREAK_SYSTEM_PACKAGES=1 \
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    SPOTSWEEP_CACHE_DIR=/data/cache \
+    KERAS_HOME=/data/keras
+
+WORKDIR /opt/spotsweep/src
+
+# .dockerignore admits only what the package build needs (pyproject.toml, README.md and
+# the shared/, submitter/, worker/ packages).
+COPY . .
+
+# Dependency versions come from pyproject.toml.
+RUN pip install --no-cache-dir . \
+    && groupadd --system --gid "${SPOTSWEEP_UID}" spotsweep \
+    && useradd --system --uid "${SPOTSWEEP_UID}" --gid spotsweep --create-home \
+       --home-dir /home/spotsweep --shell /usr/sbin/nologin spotsweep \
+    && mkdir -p /data/cache /data/keras \
+    && chown -R spotsweep:spotsweep /data
+
+USER ${SPOTSWEEP_UID}:${SPOTSWEEP_UID}
+WORKDIR /home/spotsweep
+VOLUME ["/data"]
+
+# The CLI imports and answers: the environment is intact (the job loop itself reports
+# through the job store's heartbeats).
+HEALTHCHECK --interval=5m --timeout=30s --start-period=1m --retries=3 \
+    CMD ["worker", "--help"]
+
+ENTRYPOINT ["worker", "run"]

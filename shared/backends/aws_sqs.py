@@ -1,0 +1,330 @@
+"""`SqsJobQueue`: the JobQueue port on Amazon SQS (standard queue + dead-letter queue).
+
+- `send` streams its bodies in `SendMessageBatch` calls of 10 (and at most 256 KiB), retrying
+  the entries SQS reports as failed; N bodies cost ceil(N/10) calls.
+- `receive` long-polls (`WaitTimeSeconds`, an integer up to 20; longer waits loop) with the
+  adapter's visibility timeout, and reads `ApproximateReceiveCount`.
+- `delete` uses `DeleteMessageBatch` in 10s; an unknown or stale receipt is ignored.
+- `extend` / `release` are `ChangeMessageVisibility`; a stale receipt -> False / no-op.
+- The dead-letter queue is the main queue's `RedrivePolicy` target (`maxReceiveCount` = the
+  configured `max_receives`): SQS itself moves a message there on the receive after the last
+  allowed one. `dead_letter` moves one at once (send to the DLQ with the reason as a message
+  attribute, then delete from the queue).
+
+Stale receipts: real SQS refuses `ChangeMessageVisibility` with a receipt that a later receive
+superseded (`InvalidParameterValue` / `MessageNotInflight` / `ReceiptHandleIsInvalid`); some
+emulators (moto) accept any receipt the message ever had. So the adapter also remembers, for the
+messages *it* received, which receipt is the latest one, and refuses a superseded one itself.
+Across processes only SQS's own check applies.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from shared.backends.aws_errors import aws_errors, error_code
+from shared.errors import BadInputError, RetryableError
+from shared.jobs import MAX_MESSAGE_BYTES
+from shared.ports import Delivery, QueueCounts
+
+BATCH = 10  # SQS's limit on entries per batch call
+MAX_BATCH_BYTES = 256 * 1024  # ...and on the summed body size of one SendMessageBatch
+MAX_WAIT_S = 20  # SQS's longest long poll
+MAX_VISIBILITY_S = 43_200  # 12 hours
+MAX_DELAY_S = 900
+PEEK_VISIBILITY_S = 10  # how long `dead_letters` hides the DLQ messages it pages through
+BATCH_ATTEMPTS = 6
+STALE_CODES = frozenset({"ReceiptHandleIsInvalid", "MessageNotInflight", "InvalidParameterValue"})
+REASON_ATTRIBUTE = "spotsweep_reason"
+TRACKED_RECEIPTS = 10_000
+
+
+def queue_name_of(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _seconds(value: float, upper: int) -> int:
+    """SQS takes whole seconds: round up (a lease is never shorter than asked), clamp to the limit."""
+    return max(0, min(upper, math.ceil(value)))
+
+
+class SqsJobQueue:
+    """A JobQueue on SQS (see `shared.ports.JobQueue` for the contract)."""
+
+    _kind = "SQS queue"
+
+    def __init__(
+        self,
+        sqs_client: Any,
+        queue_url: str,
+        dlq_url: str,
+        visibility_timeout_s: float,
+        max_receives: int | None = None,
+    ) -> None:
+        self.client = sqs_client
+        self.queue_url = queue_url
+        self.dlq_url = dlq_url
+        self.visibility_timeout_s = visibility_timeout_s
+        self.max_receives = max_receives  # informational: SQS's redrive policy enforces it
+        self._name = queue_name_of(queue_url)
+        self._region = sqs_client.meta.region_name
+        self._lock = threading.Lock()
+        self._latest: OrderedDict[str, str] = OrderedDict()  # message id -> latest receipt seen here
+        self._message_of: OrderedDict[str, str] = OrderedDict()  # receipt -> message id
+
+    # --- sending ---
+
+    @aws_errors
+    def send(self, bodies: Iterable[str], delay_s: int = 0) -> int:
+        delay = _seconds(delay_s, MAX_DELAY_S)
+        sent = 0
+        for batch in _batches(bodies):
+            self._send_batch(batch, delay)
+            sent += len(batch)
+        return sent
+
+    def _send_batch(self, bodies: list[str], delay: int) -> None:
+        pending = {str(i): body for i, body in enumerate(bodies)}
+        for attempt in range(BATCH_ATTEMPTS):
+            entries = [{"Id": i, "MessageBody": body} for i, body in pending.items()]
+            if delay:
+                for entry in entries:
+                    entry["DelaySeconds"] = delay
+            response = self.client.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            failed = response.get("Failed", [])
+            for failure in failed:
+                if failure.get("SenderFault"):
+                    raise BadInputError(
+                        f"SQS refused a message ({failure.get('Code')}): {failure.get('Message', '')}"
+                    )
+            pending = {f["Id"]: pending[f["Id"]] for f in failed}
+            if not pending:
+                return
+            _backoff(attempt)
+        raise RetryableError(f"SQS queue '{self._name}': {len(pending)} messages still failing after retries")
+
+    # --- receiving ---
+
+    @aws_errors
+    def receive(self, max_messages: int = 1, wait_s: float = 0.0) -> list[Delivery]:
+        count = max(1, min(BATCH, max_messages))
+        deadline = time.monotonic() + max(0.0, wait_s)
+        while True:
+            remaining = deadline - time.monotonic()
+            wait = _seconds(remaining, MAX_WAIT_S) if remaining > 0 else 0
+            response = self.client.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=count,
+                WaitTimeSeconds=wait,
+                VisibilityTimeout=_seconds(self.visibility_timeout_s, MAX_VISIBILITY_S),
+                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            )
+            messages = response.get("Messages", [])
+            if messages or time.monotonic() >= deadline:
+                return [self._delivery(m) for m in messages]
+
+    def _delivery(self, message: dict[str, Any]) -> Delivery:
+        receipt = message["ReceiptHandle"]
+        message_id = message["MessageId"]
+        with self._lock:
+            self._latest[message_id] = receipt
+            self._latest.move_to_end(message_id)
+            self._message_of[receipt] = message_id
+            self._message_of.move_to_end(receipt)
+            while len(self._message_of) > TRACKED_RECEIPTS:  # bounded memory: forget the oldest
+                old_receipt, old_id = self._message_of.popitem(last=False)
+                if self._latest.get(old_id) == old_receipt:
+                    del self._latest[old_id]
+        count = int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
+        return Delivery(message_id=message_id, body=message["Body"], receipt=receipt, receive_count=count)
+
+    def _superseded(self, receipt: str) -> bool:
+        """True if this adapter has since received the same message under a newer receipt."""
+        with self._lock:
+            message_id = self._message_of.get(receipt)
+            return message_id is not None and self._latest.get(message_id) != receipt
+
+    def _forget(self, receipt: str) -> None:
+        with self._lock:
+            message_id = self._message_of.pop(receipt, None)
+            if message_id is not None and self._latest.get(message_id) == receipt:
+                del self._latest[message_id]
+
+    # --- acknowledging ---
+
+    @aws_errors
+    def delete(self, receipts: Sequence[str]) -> None:
+        current = [r for r in dict.fromkeys(receipts) if not self._superseded(r)]
+        for start in range(0, len(current), BATCH):
+            self._delete_batch(self.queue_url, current[start : start + BATCH])
+        for receipt in current:
+            self._forget(receipt)
+
+    def _delete_batch(self, url: str, receipts: list[str]) -> None:
+        pending = {str(i): r for i, r in enumerate(receipts)}
+        for attempt in range(BATCH_ATTEMPTS):
+            entries = [{"Id": i, "ReceiptHandle": r} for i, r in pending.items()]
+            response = self.client.delete_message_batch(QueueUrl=url, Entries=entries)
+            # an unknown or stale receipt is ignored (the contract); retry only SQS-side failures
+            failed = [f for f in response.get("Failed", []) if not f.get("SenderFault")]
+            pending = {f["Id"]: pending[f["Id"]] for f in failed}
+            if not pending:
+                return
+            _backoff(attempt)
+        raise RetryableError(f"SQS queue '{self._name}': {len(pending)} deletes still failing after retries")
+
+    @aws_errors
+    def extend(self, receipt: str, visibility_timeout_s: float) -> bool:
+        if self._superseded(receipt):
+            return False
+        return self._change_visibility(receipt, _seconds(visibility_timeout_s, MAX_VISIBILITY_S))
+
+    @aws_errors
+    def release(self, receipt: str, delay_s: float = 0.0) -> None:
+        if not self._superseded(receipt):
+            self._change_visibility(receipt, _seconds(delay_s, MAX_VISIBILITY_S))
+
+    def _change_visibility(self, receipt: str, seconds: int) -> bool:
+        try:
+            self.client.change_message_visibility(
+                QueueUrl=self.queue_url, ReceiptHandle=receipt, VisibilityTimeout=seconds
+            )
+        except ClientError as exc:
+            if error_code(exc) in STALE_CODES:
+                return False
+            raise
+        return True
+
+    @aws_errors
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        if self._superseded(delivery.receipt):
+            return  # someone else holds the message now; it is theirs to judge
+        self.client.send_message(
+            QueueUrl=self.dlq_url,
+            MessageBody=delivery.body,
+            MessageAttributes={
+                REASON_ATTRIBUTE: {"DataType": "String", "StringValue": (reason or "unspecified")[:1000]},
+                "spotsweep_message_id": {"DataType": "String", "StringValue": delivery.message_id},
+                "spotsweep_receive_count": {"DataType": "Number", "StringValue": str(delivery.receive_count)},
+            },
+        )
+        self._delete_batch(self.queue_url, [delivery.receipt])
+        self._forget(delivery.receipt)
+
+    # --- observing ---
+
+    @aws_errors
+    def counts(self) -> QueueCounts:
+        main = self._attributes(self.queue_url)
+        dead = self._attributes(self.dlq_url)
+        return QueueCounts(
+            visible=main["ApproximateNumberOfMessages"],
+            in_flight=main["ApproximateNumberOfMessagesNotVisible"] + main["ApproximateNumberOfMessagesDelayed"],
+            # + not visible: `dead_letters` hides what it pages through for a few seconds
+            dead=dead["ApproximateNumberOfMessages"] + dead["ApproximateNumberOfMessagesNotVisible"],
+        )
+
+    def _attributes(self, url: str) -> dict[str, int]:
+        names = [
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ]
+        attributes = self.client.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
+        return {name: int(attributes.get(name, 0)) for name in names}
+
+    @aws_errors
+    def dead_letters(self, limit: int = 100) -> list[str]:
+        """Peek: receive the DLQ's messages (hiding each for a few seconds so that the next page
+        shows others), then make them all visible again at once. Oldest first by SentTimestamp."""
+        found: dict[str, tuple[int, str]] = {}
+        receipts: list[str] = []
+        try:
+            while len(found) < limit:
+                response = self.client.receive_message(
+                    QueueUrl=self.dlq_url,
+                    MaxNumberOfMessages=max(1, min(BATCH, limit - len(found))),
+                    WaitTimeSeconds=0 if receipts else 1,  # the first call asks every SQS host
+                    VisibilityTimeout=PEEK_VISIBILITY_S,
+                    MessageSystemAttributeNames=["SentTimestamp"],
+                )
+                messages = response.get("Messages", [])
+                if not messages:
+                    break
+                for message in messages:
+                    receipts.append(message["ReceiptHandle"])
+                    sent = int(message.get("Attributes", {}).get("SentTimestamp", 0))
+                    found.setdefault(message["MessageId"], (sent, message["Body"]))
+        finally:
+            self._unhide(receipts)
+        ordered = sorted(found.values(), key=lambda item: item[0])  # stable: ties keep receive order
+        return [body for _, body in ordered[:limit]]
+
+    def _unhide(self, receipts: list[str]) -> None:
+        for start in range(0, len(receipts), BATCH):
+            chunk = receipts[start : start + BATCH]
+            self.client.change_message_visibility_batch(
+                QueueUrl=self.dlq_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": 0} for i, r in enumerate(chunk)],
+            )
+
+    def dead_letter_reasons(self, limit: int = 100) -> list[tuple[str, str]]:
+        """(body, reason) pairs of the DLQ (a convenience for reports; same peek as `dead_letters`)."""
+        pairs: list[tuple[str, str]] = []
+        receipts: list[str] = []
+        try:
+            while len(pairs) < limit:
+                response = self.client.receive_message(
+                    QueueUrl=self.dlq_url,
+                    MaxNumberOfMessages=max(1, min(BATCH, limit - len(pairs))),
+                    WaitTimeSeconds=0 if receipts else 1,
+                    VisibilityTimeout=PEEK_VISIBILITY_S,
+                    MessageAttributeNames=[REASON_ATTRIBUTE],
+                )
+                messages = response.get("Messages", [])
+                if not messages:
+                    break
+                for message in messages:
+                    receipts.append(message["ReceiptHandle"])
+                    attribute = message.get("MessageAttributes", {}).get(REASON_ATTRIBUTE, {})
+                    pairs.append((message["Body"], attribute.get("StringValue", "max receives exceeded")))
+        finally:
+            self._unhide(receipts)
+        return pairs
+
+    def __repr__(self) -> str:
+        return f"SqsJobQueue({self._name!r})"
+
+
+def _batches(bodies: Iterable[str]) -> Iterator[list[str]]:
+    """Stream bodies into SendMessageBatch-sized lists (10 entries, 256 KiB in all)."""
+    batch: list[str] = []
+    size = 0
+    for body in bodies:
+        length = len(body.encode())
+        if length > MAX_MESSAGE_BYTES:
+            raise BadInputError(f"message body of {length} bytes exceeds SQS's limit of {MAX_MESSAGE_BYTES}")
+        if batch and (len(batch) == BATCH or size + length > MAX_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(body)
+        size += length
+    if batch:
+        yield batch
+
+
+def _backoff(attempt: int) -> None:
+    time.sleep(min(5.0, 0.05 * 2**attempt) * (0.5 + random.random() / 2))
+
+
+def redrive_policy(dlq_arn: str, max_receives: int) -> str:
+    return json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives})

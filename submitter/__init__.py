@@ -1,0 +1,1 @@
+"""The `submit` command: studies in, leaderboards out. Never imports TensorFlow."""

@@ -1,0 +1,348 @@
+"""`submit`: the study command line. Each command parses, calls `submitter.service`, renders.
+
+Exit codes: 0 success, 1 failure (a missing resource, a failed study), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional, TypeVar
+
+import pandas as pd
+import typer
+from rich.console import Console
+
+from shared.backends.factory import Backend, open_backend
+from shared.errors import BadInputError, NotFoundError, SpotsweepError
+from submitter import service
+from submitter.leaderboard import leaderboard, matrix
+from submitter.render import FORMATS, emit
+from submitter.settings import SubmitterSettings
+
+HELP = """spotsweep: run deep-learning studies as a job queue.
+
+Exit codes: 0 success, 1 failure (missing queue/table/bucket, a failed command), 2 bad input."""
+
+app = typer.Typer(no_args_is_help=True, help=HELP, rich_markup_mode=None)
+dataset_app = typer.Typer(no_args_is_help=True, help="Make, prepare and upload datasets.")
+app.add_typer(dataset_app, name="dataset")
+console = Console(stderr=False)
+errors = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+FormatOption = typer.Option("table", "--format", "-f", help="table, json, csv or markdown.")
+StudyArgument = typer.Argument(None, help="Study id, id prefix or name (default: the most recent).")
+
+
+class State:
+    backend_name: str | None = None
+    quiet: bool = False
+
+
+@app.callback()
+def main(
+    backend: Optional[str] = typer.Option(None, "--backend", help="local or aws (default: SPOTSWEEP_BACKEND or local)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only results and errors."),
+) -> None:
+    State.backend_name, State.quiet = backend, quiet
+
+
+def settings() -> SubmitterSettings:
+    overrides = {"backend": State.backend_name} if State.backend_name else {}
+    try:
+        return SubmitterSettings(**overrides)
+    except Exception as exc:
+        raise BadInputError(str(exc).splitlines()[0], "settings") from None
+
+
+def open_configured() -> Backend:
+    return open_backend(settings())
+
+
+def handled(func: F) -> F:
+    """Map errors to one clear line and the documented exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except BadInputError as exc:
+            errors.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+            raise typer.Exit(2) from None
+        except (NotFoundError, SpotsweepError) as exc:
+            errors.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise BadInputError(f"unknown format {fmt!r} (use {', '.join(FORMATS)})", "--format")
+    return fmt
+
+
+def say(text: str) -> None:
+    if not State.quiet:
+        errors.print(text, highlight=False)
+
+
+# --- studies ---------------------------------------------------------------------------------
+
+
+@app.command()
+@handled
+def study(
+    file: Path = typer.Argument(..., help="The study file (sweep.json)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the jobs and an estimate; write nothing."),
+    fmt: str = FormatOption,
+) -> None:
+    """Expand a study file into jobs and put them on the queue (again: only the missing ones)."""
+    check_format(fmt)
+    spec = service.load_study_file(file)
+    config = settings()
+    if dry_run:
+        backend = open_backend(config) if config.backend == "local" and config.home.exists() else None
+        plan = service.plan_study(spec, backend, config.price_per_hour)
+        frame = pd.DataFrame([{**j, "optimizer_params": json.dumps(j["optimizer_params"])} for j in plan.jobs])
+        doc = {"study_id": plan.study_id, "name": spec.name, "job_count": plan.job_count, "estimate": plan.estimate, "dry_run": True}
+        if fmt == "json":
+            print(json.dumps({**doc, "jobs": plan.jobs}, indent=2))
+            return
+        emit(console, frame, fmt, title=f"{plan.study_id}: {plan.job_count} jobs (dry run)")
+        say(f"estimate: {plan.estimate}")
+        return
+    report = service.submit_study(open_backend(config), spec, config.price_per_hour)
+    doc = {"study_id": spec.study_id, "jobs": report.total, "created": report.created, "existing": report.existing, "sent": report.sent}
+    if fmt == "json":
+        print(json.dumps(doc, indent=2))
+    else:
+        console.print(f"study [bold]{spec.study_id}[/bold]: {report.total} jobs, {report.created} new, {report.existing} already there")
+
+
+@app.command()
+@handled
+def studies(fmt: str = FormatOption) -> None:
+    """List studies with their counts, best score and spend."""
+    check_format(fmt)
+    backend = open_configured()
+    rows = []
+    for record in backend.store.list_studies():
+        jobs = backend.store.list_jobs(record.study_id)
+        best = max((j.metrics.val_accuracy for j in jobs if j.metrics.val_accuracy is not None), default=None)
+        counts = pd.Series([j.status.value for j in jobs]).value_counts().to_dict()
+        rows.append({"study_id": record.study_id, "name": record.name, "jobs": len(jobs),
+                     "succeeded": counts.get("SUCCEEDED", 0), "failed": counts.get("FAILED", 0),
+                     "best_val_accuracy": best, "cost_usd": round(sum(j.cost_usd for j in jobs), 6)})
+    emit(console, pd.DataFrame(rows, columns=["study_id", "name", "jobs", "succeeded", "failed", "best_val_accuracy", "cost_usd"]), fmt)  # type: ignore[arg-type]
+
+
+@app.command()
+@handled
+def status(study: Optional[str] = StudyArgument, fmt: str = FormatOption) -> None:
+    """Counts by state, spend so far, and the running jobs (stale leases flagged)."""
+    check_format(fmt)
+    backend = open_configured()
+    config = settings()
+    study_id = service.resolve_study_id(backend, study)
+    report = service.study_status(backend, study_id, config.stale_threshold_s)
+    running = pd.DataFrame(report.running, columns=["job_id", "kind", "architecture", "optimizer", "attempt", "epoch", "epochs", "val_accuracy", "worker", "heartbeat_age_s", "stale"])
+    if fmt == "table":
+        counts = "  ".join(f"{k.lower()} {v}" for k, v in report.counts.items())
+        console.print(f"study [bold]{study_id}[/bold]: {report.total} jobs  {counts}")
+        console.print(f"spend ${report.cost_usd:.4f} ({report.train_seconds:.0f} s of training)  queue {report.queue}"
+                      + (f"  [yellow]{report.stale} stale[/yellow]" if report.stale else ""))
+        if len(running):
+            emit(console, running, "table", title="running")
+        return
+    emit(console, running, fmt, document=report.document())  # type: ignore[arg-type]
+
+
+@app.command("leaderboard")
+@handled
+def leaderboard_command(
+    study: Optional[str] = StudyArgument,
+    top: Optional[int] = typer.Option(None, "--top", help="Only the best N rows."),
+    by: str = typer.Option("val_accuracy", "--by", help="Metric to rank by (val_accuracy, val_loss, test_accuracy, cost_usd...)."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="train, finetune or evaluate."),
+    matrix_axes: Optional[tuple[str, str]] = typer.Option(None, "--matrix", help="ROW COL: the best score of each pair, e.g. architecture optimizer."),
+    fmt: str = FormatOption,
+) -> None:
+    """Jobs ranked best first (repeats folded into mean +- std)."""
+    check_format(fmt)
+    if top is not None:
+        service.check_top(top)
+    if kind not in (None, "train", "finetune", "evaluate"):
+        raise BadInputError(f"unknown kind {kind!r} (train, finetune, evaluate)", "--kind")
+    backend = open_configured()
+    study_id = service.resolve_study_id(backend, study)
+    records = [r for r in backend.store.list_jobs(study_id) if kind is None or r.kind == kind]
+    if matrix_axes:
+        try:
+            frame = matrix(records, *matrix_axes, metric=by)
+        except KeyError as exc:
+            raise BadInputError(f"unknown column {exc.args[0]!r}", "--matrix") from None
+        emit(console, frame, fmt, document={"study_id": study_id, "matrix": list(matrix_axes), "metric": by}, title=f"best {by}")  # type: ignore[arg-type]
+        return
+    frame = leaderboard(records, by, kind, top)
+    emit(console, frame, fmt, document={"study_id": study_id, "by": by}, title=f"{study_id} by {by}")  # type: ignore[arg-type]
+
+
+@app.command()
+@handled
+def finetune(
+    study: Optional[str] = StudyArgument,
+    top: int = typer.Option(1, "--top", help="Fine-tune the best K training jobs."),
+    unfreeze_from: Optional[str] = typer.Option(None, "--unfreeze-from", help="Layer index, negative index or name (default: the top block)."),
+) -> None:
+    """Enqueue fine-tuning of the best models (SGD lr 1e-4, momentum 0.9, top layers unfrozen)."""
+    service.check_top(top)
+    backend = open_configured()
+    study_id = service.resolve_study_id(backend, study)
+    report = service.finetune(backend, study_id, top, service.parse_layer(unfreeze_from))
+    console.print(f"{report.created} finetune jobs enqueued ({report.existing} already there)")
+
+
+@app.command()
+@handled
+def evaluate(
+    target: Optional[str] = typer.Argument(None, help="STUDY or JOB id (default: the most recent study)."),
+    top: int = typer.Option(3, "--top", help="Evaluate the best K models on the test split."),
+) -> None:
+    """Enqueue one evaluation on the held-out test split of the best models (or of one job)."""
+    service.check_top(top)
+    backend = open_configured()
+    job = backend.store.find_job(target) if target else None
+    study_id = job.study_id if job else service.resolve_study_id(backend, target)
+    report = service.evaluate(backend, study_id, top, job.job_id if job else None)
+    console.print(f"{report.created} evaluate jobs enqueued ({report.existing} already there)")
+
+
+@app.command()
+@handled
+def retry(
+    study: Optional[str] = StudyArgument,
+    failed: bool = typer.Option(False, "--failed", help="Re-enqueue FAILED jobs (the default)."),
+    dead_lettered: bool = typer.Option(False, "--dead-lettered", help="Re-enqueue jobs whose message is in the dead-letter queue."),
+) -> None:
+    """Re-enqueue jobs from their records. Idempotent."""
+    backend = open_configured()
+    study_id = service.resolve_study_id(backend, study)
+    retried = service.retry(backend, study_id, failed=failed or not dead_lettered, dead_lettered=dead_lettered)
+    console.print(f"{len(retried)} jobs re-enqueued")
+
+
+@app.command()
+@handled
+def cancel(study: Optional[str] = StudyArgument) -> None:
+    """Cancel queued jobs; running ones stop at their next epoch. Idempotent."""
+    backend = open_configured()
+    study_id = service.resolve_study_id(backend, study)
+    result = service.cancel(backend, study_id)
+    console.print(f"{result['cancelled']} queued jobs cancelled, {result['stopping']} running jobs asked to stop")
+
+
+@app.command()
+@handled
+def show(job_id: str = typer.Argument(..., help="A job id."), fmt: str = FormatOption) -> None:
+    """One job: its spec, record, epochs and artifact locations."""
+    check_format(fmt)
+    backend = open_configured()
+    record = backend.store.find_job(job_id)
+    if record is None:
+        raise BadInputError(f"unknown job {job_id!r}", "JOB")
+    epochs = pd.DataFrame([{"epoch": e.epoch, "attempt": e.attempt, **e.metrics, "seconds": round(e.seconds, 2)} for e in backend.store.epochs(record.study_id, job_id)])
+    if fmt == "table":
+        console.print_json(record.model_dump_json(exclude={"spec"}))
+        console.print_json(record.spec.model_dump_json())
+        if len(epochs):
+            emit(console, epochs, "table", title="epochs")
+        return
+    emit(console, epochs, fmt, document={"job": json.loads(record.model_dump_json())})  # type: ignore[arg-type]
+
+
+@app.command()
+@handled
+def init() -> None:
+    """Create the queue, dead-letter queue, table and bucket if missing (idempotent)."""
+    config = settings()
+    if config.backend == "local":
+        backend = open_backend(config)
+        console.print(f"embedded backend ready in {config.home.resolve()} ({type(backend.queue).__name__})")
+        return
+    from shared.backends.aws import provision
+
+    for line in provision(config, None):
+        console.print(line)
+
+
+# --- datasets --------------------------------------------------------------------------------
+
+
+@dataset_app.command("synth")
+@handled
+def dataset_synth(
+    out: Path = typer.Argument(..., help="Where to write class-named image folders."),
+    classes: int = typer.Option(5, "--classes", min=2, max=500),
+    per_class: int = typer.Option(40, "--per-class", min=2),
+    size: int = typer.Option(64, "--size", min=16, max=1024),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Draw a small synthetic flower dataset (no download needed)."""
+    from shared.datasets import synthesize
+
+    path = synthesize(out, classes=classes, per_class=per_class, size=size, seed=seed)
+    console.print(f"{classes} classes x {per_class} images of {size}px in {path}")
+
+
+@dataset_app.command("prepare")
+@handled
+def dataset_prepare(
+    src: Path = typer.Argument(..., help="A folder of class-named image folders."),
+    out: Path = typer.Argument(..., help="The prepared dataset (train/, test/, manifest.json)."),
+    test_fraction: float = typer.Option(0.2, "--test-fraction"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Split into train and a stratified held-out test set, with a checksummed manifest."""
+    from shared.datasets import prepare
+
+    manifest = prepare(src, out, test_fraction=test_fraction, seed=seed)
+    train, test = len(manifest.split("train")), len(manifest.split("test"))
+    console.print(f"{len(manifest.classes)} classes, {train} train / {test} test images in {out} (checksum {manifest.checksum[:12]})")
+
+
+@dataset_app.command("upload")
+@handled
+def dataset_upload(
+    directory: Path = typer.Argument(..., help="A prepared dataset."),
+    destination: str = typer.Argument(..., help="s3://BUCKET/PREFIX (or a prefix in the artifact store)."),
+) -> None:
+    """Upload a prepared dataset, skipping files already there with the same checksum."""
+    from shared.datasets import upload
+
+    backend = open_configured()
+    prefix = _artifact_prefix(destination, settings().resolved_bucket)
+    report = upload(directory, backend.artifacts, prefix)
+    console.print(f"{report}")
+    console.print(f"use \"dataset\": \"{destination}\" in your study file")
+
+
+def _artifact_prefix(destination: str, bucket: str) -> str:
+    if destination.startswith("s3://"):
+        named_bucket, _, prefix = destination[5:].partition("/")
+        if named_bucket != bucket:
+            raise BadInputError(f"bucket {named_bucket!r} is not the configured bucket {bucket!r}", "DESTINATION")
+        return prefix.strip("/")
+    return destination.removeprefix("artifacts:").strip("/")
+
+
+def run() -> None:  # pragma: no cover - console script shim
+    app(prog_name="submit")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,219 @@
+"""AWS over real HTTP for the tests: moto's server in a subprocess, and fresh AWS backends on it.
+
+- `moto_endpoint` (session fixture): the server's URL. One server per test process, so each
+  pytest-xdist worker gets its own. Make it visible to every test with, in `tests/conftest.py`:
+      from tests.aws_support import moto_endpoint  # noqa: F401
+- `aws_env(endpoint)`: the environment a process needs to use that server (dummy credentials,
+  region, `AWS_ENDPOINT_URL`); `aws_subprocess_env(endpoint)` is the whole environment for a
+  subprocess (a worker in an end-to-end test) with any real AWS settings removed.
+- `fresh_aws_backend(request, lease_s, max_receives)`: yields a Backend on uniquely named
+  resources created with `shared.backends.aws.provision`, and deletes them afterwards.
+
+Nothing here mocks boto3: every call is an HTTP request to the server.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.backends.factory import Backend
+from shared.config import BackendConfig
+
+REGION = "us-east-1"
+START_TIMEOUT_S = 60.0
+
+
+def aws_env(endpoint: str) -> dict[str, str]:
+    """Environment variables that point boto3 at `endpoint` with dummy credentials."""
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+        "AWS_REGION": REGION,
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+
+
+def aws_subprocess_env(endpoint: str, base: dict[str, str] | None = None) -> dict[str, str]:
+    """`base` (default: this process's environment) without any AWS_* setting, plus `aws_env`."""
+    base = dict(os.environ if base is None else base)
+    clean = {k: v for k, v in base.items() if not k.startswith("AWS_")}
+    return {**clean, **aws_env(endpoint)}
+
+
+class MotoServer:
+    """`python -m moto.server` on 127.0.0.1 and a free port."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.endpoint = ""
+        self._log = tempfile.NamedTemporaryFile(prefix="moto-server-", suffix=".log", delete=False)
+
+    def start(self) -> MotoServer:
+        last_error = ""
+        for _ in range(3):  # the free port may be taken between choosing and binding it
+            port = _free_port()
+            self.endpoint = f"http://127.0.0.1:{port}"
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+            )
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    last_error = f"moto server exited with {self.process.returncode}"
+                    break
+                if _answers(self.endpoint):
+                    return self
+                time.sleep(0.1)
+            else:
+                last_error = f"moto server did not answer within {START_TIMEOUT_S:.0f}s"
+            self.stop()
+        log = Path(self._log.name).read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{last_error}; its log ({self._log.name}):\n{log}")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _answers(endpoint: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2) as response:
+            return response.status < 500
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500
+    except OSError:
+        return False
+
+
+_server: MotoServer | None = None
+_server_lock = threading.Lock()
+
+
+def moto_server() -> MotoServer:
+    """This process's moto server, started on first use (stopped at exit or session end)."""
+    global _server
+    with _server_lock:
+        if _server is None or _server.process is None or _server.process.poll() is not None:
+            _server = MotoServer().start()
+            atexit.register(_server.stop)
+        return _server
+
+
+def stop_moto_server() -> None:
+    global _server
+    with _server_lock:
+        if _server is not None:
+            _server.stop()
+            _server = None
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """The URL of this test process's moto server (a subprocess, one per xdist worker)."""
+    yield moto_server().endpoint
+    stop_moto_server()
+
+
+def endpoint_for(request: pytest.FixtureRequest) -> str:
+    try:
+        return request.getfixturevalue("moto_endpoint")
+    except pytest.FixtureLookupError:  # tests/conftest.py does not import the fixture (yet)
+        return moto_server().endpoint
+
+
+def use_moto_env(request: pytest.FixtureRequest, endpoint: str) -> None:
+    """Point this test's process environment at `endpoint` (undone after the test)."""
+    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    for name, value in aws_env(endpoint).items():
+        monkeypatch.setenv(name, value)
+
+
+def unique_stack(prefix: str = "t") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+def aws_config(stack: str, lease_s: float = 300.0, max_receives: int = 5, **fields: Any) -> BackendConfig:
+    return BackendConfig(
+        backend="aws", stack=stack, region=REGION, lease_s=lease_s, max_receives=max_receives, **fields
+    )
+
+
+def fresh_aws_backend(request: pytest.FixtureRequest, lease_s: float, max_receives: int) -> Iterator[Backend]:
+    """A Backend on new, uniquely named resources on moto's server; removed after the test."""
+    import boto3
+
+    from shared.backends.aws import open_aws, provision
+
+    endpoint = endpoint_for(request)
+    use_moto_env(request, endpoint)
+    config = aws_config(unique_stack(), lease_s=lease_s, max_receives=max_receives)
+    session = boto3.Session(region_name=REGION)
+    provision(config, session)
+    backend = open_aws(config, session)
+    try:
+        yield backend
+    finally:
+        delete_resources(config, session)
+
+
+def delete_resources(config: BackendConfig, session: Any) -> None:
+    """Best effort: remove the stack's queues, table and bucket (keeps moto's memory small)."""
+    from shared.backends.aws import aws_clients
+
+    clients = aws_clients(config, session)
+    sqs, dynamodb, s3 = clients["sqs"], clients["dynamodb"], clients["s3"]
+    for name in (config.resolved_queue_name, config.resolved_dlq_name):
+        try:
+            sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=name)["QueueUrl"])
+        except Exception:  # noqa: BLE001
+            pass
+    try:
+        dynamodb.delete_table(TableName=config.resolved_table_name)
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=config.resolved_bucket):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                s3.delete_objects(Bucket=config.resolved_bucket, Delete={"Objects": keys})
+        s3.delete_bucket(Bucket=config.resolved_bucket)
+    except Exception:  # noqa: BLE001
+        pass

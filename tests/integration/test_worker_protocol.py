@@ -1,0 +1,215 @@
+"""The job protocol on the embedded backend, with a deterministic stand-in for training so that
+each scenario (duplicates, takeover, fencing, poison, preemption, retries, cancel) is exact.
+Real training runs in the end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from shared.backends.factory import Backend
+from shared.backends.local import SqliteJobStore
+from shared.errors import LeaseLostError, PermanentError
+from shared.jobs import JobMessage, JobSpec, ModelSpec, TrainingSpec, job_id_for
+from shared.status import JobStatus
+from shared.submission import enqueue_record, submit_jobs
+from worker.loop import Policy, Worker
+from worker.settings import WorkerSettings
+from worker.stop import StopFlag
+from worker.training import EpochReport, JobResult
+
+STUDY = "proto-1"
+
+
+def make_jobs(dataset: Path, count: int, epochs: int = 2) -> list[tuple[str, JobSpec]]:
+    specs = [
+        JobSpec(dataset=str(dataset), model=ModelSpec(architecture="benchmark", image_size=32),
+                optimizer={"name": "sgd", "learning_rate": 0.01 * (i + 1)}, training=TrainingSpec(epochs=epochs))
+        for i in range(count)
+    ]
+    return [(job_id_for(STUDY, spec), spec) for spec in specs]
+
+
+def settings_for(backend_home: Path, **more: object) -> WorkerSettings:
+    return WorkerSettings(home=backend_home, lease_s=3.0, max_receives=3, poll_wait_s=0.2, retry_backoff_s=0.0, **more)
+
+
+class FakeTraining:
+    """Reports each epoch like real training and returns a result; counts its calls."""
+
+    def __init__(self, behaviour=None) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self.behaviour = behaviour or (lambda ctx, call: None)
+
+    def __call__(self, ctx) -> JobResult:
+        call = len(self.calls)
+        self.calls.append((ctx.job_id, call))
+        special = self.behaviour(ctx, call)
+        if special is not None:
+            return special
+        for epoch in range(1, ctx.spec.training.epochs + 1):
+            ctx.on_epoch(EpochReport(epoch, {"val_accuracy": 0.5 + epoch / 10, "loss": 1.0 / epoch}, 0.01))
+        return JobResult("completed", None, ctx.spec.training.epochs, ctx.spec.training.epochs,
+                         {"val_accuracy": 0.7, "val_loss": 0.3}, 0.05, 100, 10, None, {})
+
+
+def run_worker(backend: Backend, home: Path, training, **policy: object) -> Worker:
+    worker = Worker(backend, settings_for(home), training)
+    worker.work(Policy(until_empty=True, **policy))
+    return worker
+
+
+def statuses(backend: Backend) -> dict[str, JobStatus]:
+    return {j.job_id: j.status for j in backend.store.list_jobs(STUDY)}
+
+
+def test_duplicate_delivery_gives_one_result(local_backend, tiny_dataset, tmp_path):
+    jobs = make_jobs(tiny_dataset, 2)
+    submit_jobs(local_backend.store, local_backend.queue, STUDY, jobs)
+    for job_id, _ in jobs:  # every message delivered twice
+        enqueue_record(local_backend.queue, local_backend.store.get_job(STUDY, job_id))
+    training = FakeTraining()
+    run_worker(local_backend, tmp_path / "home", training)
+    assert sorted(job_id for job_id, _ in training.calls) == sorted(job_id for job_id, _ in jobs)
+    assert set(statuses(local_backend).values()) == {JobStatus.SUCCEEDED}
+    assert local_backend.queue.counts().backlog == 0 and local_backend.queue.counts().dead == 0
+
+
+class PartitionedStore(SqliteJobStore):
+    """The same database, seen by a worker whose heartbeats no longer get through."""
+
+    def renew(self, *args, **kwargs):
+        raise ConnectionError("network partition")
+
+
+def test_expired_lease_is_taken_over_and_fenced_out_worker_changes_nothing(local_backend, tiny_dataset, tmp_path):
+    [(job_id, spec)] = make_jobs(tiny_dataset, 1)
+    submit_jobs(local_backend.store, local_backend.queue, STUDY, [(job_id, spec)])
+    taken_over = threading.Event()
+    refused: list[Exception] = []
+
+    def stalled(ctx, call):
+        assert taken_over.wait(30), "nobody took the job over"
+        try:
+            ctx.on_epoch(EpochReport(1, {"val_accuracy": 0.01}, 1.0))
+        except LeaseLostError as exc:
+            refused.append(exc)
+            raise
+        return None
+
+    partitioned = Backend(local_backend.queue, PartitionedStore(local_backend.store.db.path), local_backend.artifacts)
+    first = Worker(partitioned, settings_for(tmp_path / "home", worker_id="w1"), FakeTraining(stalled))
+    thread = threading.Thread(target=first.work, args=(Policy(max_jobs=1),))
+    thread.start()
+    second_training = FakeTraining()
+    second = Worker(local_backend, settings_for(tmp_path / "home", worker_id="w2"), second_training)
+    deadline = time.monotonic() + 30
+    while not second_training.calls and time.monotonic() < deadline:
+        second.work(Policy(max_jobs=1, idle_timeout_s=1))
+    taken_over.set()
+    thread.join(30)
+    record = local_backend.store.get_job(STUDY, job_id)
+    assert (record.status, record.attempt, record.lease_owner) == (JobStatus.SUCCEEDED, 2, None)
+    assert record.metrics.val_accuracy == 0.7 and len(refused) == 1
+    assert [e.attempt for e in local_backend.store.epochs(STUDY, job_id)] == [2, 2]
+
+
+def test_poison_messages_are_moved_aside_and_real_jobs_finish(local_backend, tiny_dataset, tmp_path):
+    jobs = make_jobs(tiny_dataset, 2)
+    submit_jobs(local_backend.store, local_backend.queue, STUDY, jobs)
+    valid = json.loads(JobMessage(study_id=STUDY, job_id="x", spec=jobs[0][1]).to_body())
+    poison = [
+        "{not json",
+        json.dumps({**valid, "schema_version": 99}),
+        json.dumps({**valid, "job_id": "no-such-job"}),
+        json.dumps({**valid, "spec": {"kind": "train"}}),
+        "x" * 300_000,
+    ]
+    local_backend.queue.send(poison)
+    run_worker(local_backend, tmp_path / "home", FakeTraining())
+    assert set(statuses(local_backend).values()) == {JobStatus.SUCCEEDED}
+    assert sorted(local_backend.queue.dead_letters()) == sorted(poison)
+
+
+def test_preempted_job_is_requeued_fresh_and_resumed_elsewhere(local_backend, tiny_dataset, tmp_path):
+    [(job_id, spec)] = make_jobs(tiny_dataset, 1, epochs=3)
+    submit_jobs(local_backend.store, local_backend.queue, STUDY, [(job_id, spec)])
+    stop = StopFlag()
+
+    def preempt_after_first_epoch(ctx, call):
+        if call == 0:
+            ctx.on_epoch(EpochReport(1, {"val_accuracy": 0.4}, 0.01))
+            stop.request("spot interruption: terminate")
+            assert ctx.should_stop() == "preempted"
+            return JobResult("stopped", "preempted", 1, 1, {}, 0.5, None, None, None, {})
+        return None
+
+    training = FakeTraining(preempt_after_first_epoch)
+    first = Worker(local_backend, settings_for(tmp_path / "home"), training, stop=stop)
+    first.work(Policy(until_empty=True))
+    record = local_backend.store.get_job(STUDY, job_id)
+    assert (record.status, record.preemptions, record.epochs_run) == (JobStatus.QUEUED, 1, 1)
+    run_worker(local_backend, tmp_path / "home", training)
+    record = local_backend.store.get_job(STUDY, job_id)
+    assert (record.status, record.attempt, record.preemptions) == (JobStatus.SUCCEEDED, 2, 1)
+    assert local_backend.queue.counts().dead == 0  # a preemption never counts towards the DLQ
+
+
+def test_transient_errors_retry_then_fail_into_dead_letters(local_backend, tiny_dataset, tmp_path):
+    [(job_id, spec)] = make_jobs(tiny_dataset, 1)
+    submit_jobs(local_backend.store, local_backend.queue, STUDY, [(job_id, spec)])
+
+    def flaky(ctx, call):
+        raise ConnectionError(f"throttled #{call}")
+
+    training = FakeTraining(flaky)
+    run_worker(local_backend, tmp_path / "home", training)
+    record = local_backend.store.get_job(STUDY, job_id)
+    assert len(training.calls) == 3  # max_receives
+    assert record.status == JobStatus.FAILED and "throttled #2" in record.error
+    assert "traceback" in record.artifacts and Path(record.artifacts["traceback"]).read_text().startswith("Traceback")
+    assert len(local_backend.queue.dead_letters()) == 1 and local_backend.queue.counts().backlog == 0
+
+
+def test_permanent_error_fails_at_once(local_backend, tiny_dataset, tmp_path):
+    [(job_id, spec)] = make_jobs(tiny_dataset, 1)
+    submit_jobs(local_backend.store, local_backend.queue, STUDY, [(job_id, spec)])
+
+    def missing(ctx, call):
+        raise PermanentError("dataset has no class folders")
+
+    training = FakeTraining(missing)
+    run_worker(local_backend, tmp_path / "home", training)
+    record = local_backend.store.get_job(STUDY, job_id)
+    assert len(training.calls) == 1 and record.status == JobStatus.FAILED
+    assert record.error == "PermanentError: dataset has no class folders"
+    assert local_backend.queue.counts().backlog == 0 and local_backend.queue.counts().dead == 0
+
+
+def test_cancel_stops_a_running_job_at_its_next_check(local_backend, tiny_dataset, tmp_path):
+    [(job_id, spec)] = make_jobs(tiny_dataset, 1)
+    submit_jobs(local_backend.store, local_backend.queue, STUDY, [(job_id, spec)])
+
+    def cancellable(ctx, call):
+        local_backend.store.request_cancel(STUDY, job_id)
+        deadline = time.monotonic() + 10
+        while ctx.should_stop() is None and time.monotonic() < deadline:
+            time.sleep(0.1)  # the heartbeat (every lease/3 = 1 s) brings the flag
+        return JobResult("stopped", ctx.should_stop(), 0, None, {}, 0.1, None, None, None, {})
+
+    run_worker(local_backend, tmp_path / "home", FakeTraining(cancellable))
+    assert local_backend.store.get_job(STUDY, job_id).status == JobStatus.CANCELLED
+
+
+def test_job_of_a_finished_study_is_acked_without_running(local_backend, tiny_dataset, tmp_path):
+    [(job_id, spec)] = make_jobs(tiny_dataset, 1)
+    submit_jobs(local_backend.store, local_backend.queue, STUDY, [(job_id, spec)])
+    run_worker(local_backend, tmp_path / "home", FakeTraining())
+    enqueue_record(local_backend.queue, local_backend.store.get_job(STUDY, job_id))  # a late duplicate
+    training = FakeTraining()
+    run_worker(local_backend, tmp_path / "home", training)
+    assert training.calls == [] and local_backend.queue.counts().backlog == 0

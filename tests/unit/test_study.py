@@ -1,0 +1,114 @@
+"""The study file schema: accepted input, and every kind of bad input named by its JSON path."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.errors import BadInputError
+from shared.study import GRID_CAP, expand, grid_size, job_count, parse_study
+
+EXAMPLE = json.loads((Path(__file__).parents[2] / "examples" / "sweep.json").read_text())
+
+
+def study(**changes: object) -> dict:
+    data = copy.deepcopy(EXAMPLE)
+    data.update(changes)
+    return data
+
+
+def parse(data: dict):
+    return parse_study(json.dumps(data))
+
+
+def error_of(data: dict | str) -> BadInputError:
+    with pytest.raises(BadInputError) as info:
+        parse_study(data if isinstance(data, str) else json.dumps(data))
+    return info.value
+
+
+def test_the_example_is_accepted_as_written():
+    spec = parse(EXAMPLE)
+    assert spec.name == "flowers-arch-opt" and spec.image_size == 128
+    assert grid_size(spec) == 2 * 5 and job_count(spec) == 10
+
+
+def test_invalid_json_names_line_and_column():
+    error = error_of('{"name": "x",\n  "dataset": }')
+    assert "line 2 column" in str(error) and str(error).count("\n") == 0
+
+
+def test_unknown_top_level_field():
+    assert str(error_of(study(epochs=3))).startswith("epochs: Extra inputs")
+
+
+def test_unknown_field_deep_inside():
+    data = study()
+    data["training"]["early_stopping"]["patiense"] = 2
+    assert error_of(data).path == "training.early_stopping.patiense"
+
+
+def test_unknown_architecture_names_its_index():
+    data = study()
+    data["parameters"]["architecture"] = ["benchmark", "alexnet"]
+    error = error_of(data)
+    assert error.path == "parameters.architecture[1]" and "alexnet" in str(error)
+
+
+def test_unknown_optimizer_names_its_entry():
+    data = study()
+    data["parameters"]["optimizer"].append({"name": "lion"})
+    assert error_of(data).path == "parameters.optimizer[2].name"
+
+
+def test_parameter_the_optimizer_does_not_take():
+    data = study()
+    data["parameters"]["optimizer"][1]["beta_1"] = 0.9  # sgd has no beta_1
+    assert error_of(data).path == "parameters.optimizer[1].beta_1"
+
+
+def test_negative_learning_rate_in_a_list():
+    data = study()
+    data["parameters"]["optimizer"][1]["learning_rate"] = [0.01, -0.1]
+    error = error_of(data)
+    assert error.path == "parameters.optimizer[1].learning_rate[1]" and "greater than 0" in str(error)
+
+
+def test_image_size_below_architecture_minimum():
+    data = study(image_size=64)
+    data["parameters"]["architecture"] = ["benchmark", "inception_v3"]
+    error = error_of(data)
+    assert error.path == "parameters.architecture[1]" and "minimum of 75" in str(error)
+
+
+def test_fixed_size_for_imagenet_weights():
+    data = study(image_size=128)
+    data["parameters"]["architecture"] = ["nasnet_mobile"]
+    data["parameters"]["weights"] = ["imagenet"]
+    assert "needs image_size 224" in str(error_of(data))
+
+
+def test_grid_above_the_cap_is_refused_before_expansion():
+    data = study()
+    data["parameters"]["batch_size"] = list(range(1, 1001))
+    data["parameters"]["data_fraction"] = [0.1 * i for i in range(1, 11)]
+    error = error_of(data)
+    assert error.path == "parameters" and "100000 jobs" in str(error)
+
+
+def test_max_jobs_cannot_exceed_the_hard_cap():
+    assert error_of(study(max_jobs=GRID_CAP + 1)).path == "max_jobs"
+
+
+def test_random_search_needs_exactly_one_size():
+    assert error_of(study(search={"method": "random", "seed": 1})).path == "search"
+    assert error_of(study(search={"method": "random", "fraction": 0.5, "count": 2})).path == "search"
+
+
+def test_scalars_are_accepted_where_lists_are():
+    data = study()
+    data["parameters"]["batch_size"] = 16
+    assert parse(data).parameters.batch_size == [16]

@@ -1,0 +1,1 @@
+"""The spotsweep worker: pulls jobs from the queue and trains them (`worker run`)."""

@@ -1,0 +1,30 @@
+"""The worker process's settings: environment variables with the SPOTSWEEP_ prefix."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.config import BackendConfig
+
+
+class WorkerSettings(BackendConfig, BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPOTSWEEP_", extra="ignore")
+
+    cache_dir: Path | None = None  # dataset cache and job scratch (the EBS data volume on AWS)
+    poll_wait_s: float = Field(5.0, ge=0, le=20)  # long-poll wait per receive
+    metadata_url: str | None = None  # instance metadata service; polled only when set or on EC2
+    spot_poll_s: float = Field(5.0, gt=0)
+    asg_name: str | None = None  # the autoscaling group this worker may leave when idle
+    log_format: Literal["human", "json"] = "human"
+    retry_backoff_s: float = Field(5.0, ge=0)  # base of the exponential backoff after a transient error
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return (self.cache_dir or self.home / "cache").resolve()

@@ -1,0 +1,228 @@
+"""The input pipeline: manifest -> decoded, resized uint8 images cached on disk -> seeded batches.
+
+- Images are decoded and resized ONCE per (dataset checksum, split, image size) into a `.npy`
+  file in the local cache, then memory-mapped: no epoch re-decodes a JPEG, and a dataset larger
+  than memory stays on disk. The file is written to a temporary name and renamed into place, so
+  two workers on one host may race to build it and both end with a complete file.
+- The validation split is a seeded stratified split of the train split.
+- Each epoch draws its batches by index from a permutation seeded by (seed, epoch): the order is
+  reproducible, identical when a job resumes on another host, and identical whether the model
+  sees images or cached features (the feature cache relies on it).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from keras import layers
+from pydantic import ValidationError
+
+from shared.errors import BadInputError, PermanentError
+from shared.jobs import Augmentation
+from shared.manifest import MANIFEST_NAME, Manifest, Split
+from shared.paths import safe_join
+
+RESIZE_METHOD = "bilinear-antialias"  # part of every cache key: a change invalidates the caches
+CACHE_VERSION = 1
+DECODE_BATCH = 128
+
+
+def load_manifest(dataset_dir: Path) -> Manifest:
+    path = Path(dataset_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise PermanentError(f"dataset {dataset_dir} has no {MANIFEST_NAME}")
+    try:
+        return Manifest.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        raise PermanentError(f"invalid dataset manifest {path}: {exc.errors()[0]['msg']}") from None
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    paths: list[str]  # relative POSIX paths inside the dataset, in manifest (path) order
+    labels: np.ndarray  # int32 class indices into manifest.classes
+
+
+def split_files(manifest: Manifest, split: Split) -> SplitFiles:
+    files = manifest.split(split)
+    if not files:
+        raise PermanentError(f"dataset {manifest.name!r} has no {split} images")
+    unknown = sorted({f.label for f in files} - set(manifest.classes))
+    if unknown:
+        raise PermanentError(f"dataset {manifest.name!r} has files of unlisted classes {unknown}")
+    labels = np.array([manifest.label_index(f.label) for f in files], dtype=np.int32)
+    return SplitFiles([f.path for f in files], labels)
+
+
+def load_images(dataset_dir: Path, manifest: Manifest, split: Split, image_size: int, cache_dir: Path) -> np.ndarray:
+    """The split's images as a read-only (N, S, S, 3) uint8 array, memory-mapped from the cache."""
+    files = split_files(manifest, split)
+    shape = (len(files.paths), image_size, image_size, 3)
+    path = Path(cache_dir) / f"images-{manifest.checksum[:24]}-{split}-{image_size}-{RESIZE_METHOD}-v{CACHE_VERSION}.npy"
+    cached = _open_cached(path, shape)
+    if cached is not None:
+        return cached
+    local = [safe_join(Path(dataset_dir), key) for key in files.paths]
+    missing = [str(p) for p in local if not p.is_file()]
+    if missing:
+        raise PermanentError(f"dataset {dataset_dir} is missing {len(missing)} files, e.g. {missing[0]}")
+    _decode_into(path, local, shape)
+    return np.load(path, mmap_mode="r")
+
+
+def _open_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    if not path.is_file():
+        return None
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (ValueError, OSError):
+        return None  # unreadable: rebuild it (the rename below replaces it atomically)
+    return array if array.shape == shape and array.dtype == np.uint8 else None
+
+
+def _decode_into(path: Path, files: Sequence[Path], shape: tuple[int, ...]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
+    os.close(fd)
+    temp = Path(name)
+    try:
+        out = np.lib.format.open_memmap(temp, mode="w+", dtype=np.uint8, shape=shape)
+        start = 0
+        for batch in _decoded(files, shape[1]):
+            out[start : start + len(batch)] = batch
+            start += len(batch)
+        out.flush()
+        del out
+        os.replace(temp, path)  # readers see either no file or a complete one
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _decoded(files: Sequence[Path], size: int):
+    """Parallel decode + resize with tf.data, in file order."""
+    dataset = tf.data.Dataset.from_tensor_slices([str(p) for p in files])
+    dataset = dataset.map(lambda p: decode_image(p, size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    iterator = iter(dataset.batch(DECODE_BATCH).prefetch(1))
+    while True:
+        try:
+            yield next(iterator).numpy()
+        except StopIteration:
+            return
+        except tf.errors.OpError as exc:
+            raise _decode_error(files, exc) from None
+
+
+def decode_image(path: tf.Tensor, size: int) -> tf.Tensor:
+    """PNG, JPEG, GIF or BMP -> RGB uint8 (size, size, 3)."""
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image = tf.image.resize(image, (size, size), method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def _decode_error(files: Sequence[Path], exc: Exception) -> PermanentError:
+    """Name the file TensorFlow could not decode (its error does not say which)."""
+    from PIL import Image
+
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except Exception as bad:
+            return BadInputError(f"cannot decode image {path}: {bad}")
+    return PermanentError(f"cannot decode the dataset's images: {exc}")
+
+
+def _rng(seed: int, *purpose: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed % 2**32, *purpose]))
+
+
+def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, validation indices): a seeded split, stratified by class."""
+    rng = _rng(seed, 0)
+    train: list[np.ndarray] = []
+    val: list[np.ndarray] = []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_val = int(round(len(members) * fraction))
+        if len(members) > 1:  # keep every class in both sides when it can be
+            n_val = min(max(n_val, 1), len(members) - 1)
+        val.append(members[:n_val])
+        train.append(members[n_val:])
+    train_idx, val_idx = np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise PermanentError(f"{len(labels)} training images are too few for a validation split of {fraction}")
+    return train_idx, val_idx
+
+
+def epoch_order(train_idx: np.ndarray, seed: int, epoch: int, fraction: float = 1.0) -> np.ndarray:
+    """The indices one epoch (0-based) trains on, in order: a fresh seeded permutation, cut to
+    `fraction` of the training data (so steps per epoch = ceil(fraction * n / batch))."""
+    order = train_idx[_rng(seed, 1, epoch).permutation(len(train_idx))]
+    return order[: max(1, math.ceil(fraction * len(order)))]
+
+
+def augmentation_seed(seed: int, epoch: int) -> int:
+    return int(_rng(seed, 2, epoch).integers(0, 2**31 - 1))
+
+
+def augmentation_layers(spec: Augmentation | None, seed: int) -> list[layers.Layer]:
+    """Keras preprocessing layers for the spec (empty when augmentation is off)."""
+    if spec is None or not spec.enabled:
+        return []
+    chosen: list[layers.Layer] = []
+    if spec.rotation:
+        chosen.append(layers.RandomRotation(spec.rotation, seed=seed))
+    if spec.shift:
+        chosen.append(layers.RandomTranslation(spec.shift, spec.shift, seed=seed + 1))
+    if spec.shear:
+        chosen.append(layers.RandomShear(spec.shear, spec.shear, seed=seed + 2))
+    if spec.zoom:
+        chosen.append(layers.RandomZoom(spec.zoom, seed=seed + 3))
+    flip = {(True, False): "horizontal", (False, True): "vertical", (True, True): "horizontal_and_vertical"}
+    mode = flip.get((spec.horizontal_flip, spec.vertical_flip))
+    if mode:
+        chosen.append(layers.RandomFlip(mode, seed=seed + 4))
+    return chosen
+
+
+def batches(
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    order: np.ndarray,
+    batch_size: int,
+    augment: Sequence[layers.Layer] = (),
+) -> tf.data.Dataset:
+    """(x float32, y int32) batches of `inputs[order]`, in that order, prefetched.
+
+    `inputs` is the image array or the cached feature array: both are indexed the same way.
+    """
+
+    def gather(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(inputs[idx], dtype=np.float32), labels[idx]
+
+    def to_tensors(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        x, y = tf.numpy_function(gather, [idx], [tf.float32, tf.int32], stateful=False)
+        x.set_shape((None, *inputs.shape[1:]))
+        y.set_shape((None,))
+        return x, y
+
+    dataset = tf.data.Dataset.from_tensor_slices(np.asarray(order, dtype=np.int64)).batch(batch_size)
+    dataset = dataset.map(to_tensors, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if augment:
+        # Sequential on purpose: the layers draw from stateful seed generators, and a parallel
+        # map would hand the draws to batches in a different order on every run.
+        dataset = dataset.map(lambda x, y: (_apply(augment, x), y), num_parallel_calls=None)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _apply(augment: Sequence[layers.Layer], x: tf.Tensor) -> tf.Tensor:
+    for layer in augment:
+        x = layer(x, training=True)
+    return x
