@@ -18,6 +18,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_BREAK_SYSTEM_PACKAGES=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
     SPOTSWEEP_CACHE_DIR=/data/cache \
+    SPOTSWEEP_HOME=/data/spotsweep \
     KERAS_HOME=/data/keras
 
 WORKDIR /opt/spotsweep/src
@@ -31,7 +32,7 @@ RUN pip install --no-cache-dir . \
     && groupadd --system --gid "${SPOTSWEEP_UID}" spotsweep \
     && useradd --system --uid "${SPOTSWEEP_UID}" --gid spotsweep --create-home \
        --home-dir /home/spotsweep --shell /usr/sbin/nologin spotsweep \
-    && mkdir -p /data/cache /data/keras \
+    && mkdir -p /data/cache /data/keras /data/spotsweep \
     && chown -R spotsweep:spotsweep /data
 
 USER ${SPOTSWEEP_UID}:${SPOTSWEEP_UID}

@@ -41,6 +41,7 @@ locals {
     table_name     = aws_dynamodb_table.jobs.name
     bucket         = aws_s3_bucket.artifacts.bucket
     lease_s        = var.lease_s
+    max_receives   = var.max_receive_count
     asg_name       = local.asg_name
     data_mount     = local.data_mount
     cache_dir      = local.cache_dir

@@ -44,6 +44,9 @@ data "aws_iam_policy_document" "worker" {
   }
 
   # JobStore: conditional transitions, per-epoch metrics, queries by study and by job id.
+  # TransactWriteItems has no action of its own: it needs PutItem/UpdateItem and, for the
+  # fencing-token check of per-epoch writes, ConditionCheckItem. DescribeTable: the
+  # backend checks the table at startup.
   statement {
     sid = "JobStore"
     actions = [
@@ -53,6 +56,8 @@ data "aws_iam_policy_document" "worker" {
       "dynamodb:Query",
       "dynamodb:BatchWriteItem",
       "dynamodb:BatchGetItem",
+      "dynamodb:ConditionCheckItem",
+      "dynamodb:DescribeTable",
     ]
     resources = [
       aws_dynamodb_table.jobs.arn,

@@ -65,6 +65,7 @@ output "env_exports" {
     "SPOTSWEEP_TABLE_NAME=${aws_dynamodb_table.jobs.name}",
     "SPOTSWEEP_BUCKET=${aws_s3_bucket.artifacts.bucket}",
     "SPOTSWEEP_LEASE_S=${var.lease_s}",
+    "SPOTSWEEP_MAX_RECEIVES=${var.max_receive_count}",
     "AWS_DEFAULT_REGION=${var.region}",
   ])
 }

@@ -8,6 +8,7 @@
   subprocess (a worker in an end-to-end test) with any real AWS settings removed.
 - `fresh_aws_backend(request, lease_s, max_receives)`: yields a Backend on uniquely named
   resources created with `shared.backends.aws.provision`, and deletes them afterwards.
+- `CallCounter(*clients)`: counts API calls with botocore's event hooks (cost assertions).
 
 Nothing here mocks boto3: every call is an HTTP request to the server.
 """
@@ -25,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,8 +61,34 @@ def aws_subprocess_env(endpoint: str, base: dict[str, str] | None = None) -> dic
     return {**clean, **aws_env(endpoint)}
 
 
+# moto's own server (`python -m moto.server`: its DomainDispatcherApplication on werkzeug, threaded),
+# with one difference: requests to every service but SQS are served one at a time. moto evaluates a
+# DynamoDB ConditionExpression or an S3 If-None-Match and then writes, without a lock, so two
+# concurrent conditional writes can both succeed there; on AWS each is atomic. Serializing them
+# makes the emulator as strict as AWS, so that the race tests test our conditions rather than
+# moto's threading. SQS stays concurrent: a long poll must not hold up everyone else.
+SERVER_CODE = r"""
+import re, sys, threading
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+
+app = DomainDispatcherApplication(create_backend_app)
+lock = threading.Lock()
+scope = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/")
+
+def serialized(environ, start_response):
+    match = scope.search(environ.get("HTTP_AUTHORIZATION", ""))
+    if match and match.group(1) == "sqs":
+        return app(environ, start_response)
+    with lock:
+        return list(app(environ, start_response))
+
+run_simple(sys.argv[1], int(sys.argv[2]), serialized, threaded=True, request_handler=MotoRequestHandler)
+"""
+
+
 class MotoServer:
-    """`python -m moto.server` on 127.0.0.1 and a free port."""
+    """moto's server (see SERVER_CODE) in a subprocess on 127.0.0.1 and a free port."""
 
     def __init__(self) -> None:
         self.process: subprocess.Popen[bytes] | None = None
@@ -73,10 +101,10 @@ class MotoServer:
             port = _free_port()
             self.endpoint = f"http://127.0.0.1:{port}"
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                [sys.executable, "-c", SERVER_CODE, "127.0.0.1", str(port)],
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
-                env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+                env={**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, "MOTO_PORT": str(port)},
             )
             deadline = time.monotonic() + START_TIMEOUT_S
             while time.monotonic() < deadline:
@@ -217,3 +245,42 @@ def delete_resources(config: BackendConfig, session: Any) -> None:
         s3.delete_bucket(Bucket=config.resolved_bucket)
     except Exception:  # noqa: BLE001
         pass
+
+
+# --- counting API calls ---
+
+DYNAMO_WRITES = frozenset(
+    {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
+)
+DYNAMO_READS = frozenset({"GetItem", "BatchGetItem", "Query", "Scan", "TransactGetItems"})
+
+
+class CallCounter:
+    """Counts API calls (`before-call`, once per operation) and HTTP attempts (`before-send`,
+    retries included) made by the given clients, by (service, operation)."""
+
+    def __init__(self, *clients: Any) -> None:
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self.attempts: Counter[str] = Counter()
+        for client in clients:
+            client.meta.events.register("before-call", self._on_call)
+            client.meta.events.register("before-send", self._on_send)
+
+    def _on_call(self, event_name: str, **_: Any) -> None:
+        _, service, operation = event_name.split(".", 2)
+        self.calls[(service, operation)] += 1
+
+    def _on_send(self, event_name: str, **_: Any) -> None:
+        self.attempts[event_name.split(".", 2)[1]] += 1
+
+    def reset(self) -> None:
+        self.calls.clear()
+        self.attempts.clear()
+
+    def count(self, service: str, operations: frozenset[str] | None = None) -> int:
+        return sum(
+            n for (svc, op), n in self.calls.items() if svc == service and (operations is None or op in operations)
+        )
+
+    def operations(self, service: str) -> dict[str, int]:
+        return {op: n for (svc, op), n in sorted(self.calls.items()) if svc == service}

@@ -166,7 +166,7 @@ class Worker:
         return self._result_outcome(record, result)
 
     def _context(self, record: JobRecord, lease: Lease) -> Any:
-        from worker.training import JobContext
+        from worker.training.context import JobContext
 
         cache_dir = self.settings.resolved_cache_dir
         spec = record.spec

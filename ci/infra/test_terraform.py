@@ -29,6 +29,8 @@ WORKER_ACTIONS = {
     "dynamodb:Query",
     "dynamodb:BatchWriteItem",
     "dynamodb:BatchGetItem",
+    "dynamodb:ConditionCheckItem",  # TransactWriteItems' fence check (shared/backends/aws_dynamo.py)
+    "dynamodb:DescribeTable",  # open_aws checks the table at startup
     "s3:GetObject",
     "s3:PutObject",
     "s3:ListBucket",
@@ -474,6 +476,7 @@ def test_env_exports_is_one_export_line_with_every_setting(tf):
         "SPOTSWEEP_TABLE_NAME": "${aws_dynamodb_table.jobs.name}",
         "SPOTSWEEP_BUCKET": "${aws_s3_bucket.artifacts.bucket}",
         "SPOTSWEEP_LEASE_S": "${var.lease_s}",
+        "SPOTSWEEP_MAX_RECEIVES": "${var.max_receive_count}",
     }.items():
         assert f'"{key}={ref}"' in value, key
 

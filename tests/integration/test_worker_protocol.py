@@ -20,7 +20,7 @@ from shared.submission import enqueue_record, submit_jobs
 from worker.loop import Policy, Worker
 from worker.settings import WorkerSettings
 from worker.stop import StopFlag
-from worker.training import EpochReport, JobResult
+from worker.training.context import EpochReport, JobResult
 
 STUDY = "proto-1"
 
@@ -89,10 +89,11 @@ class PartitionedStore(SqliteJobStore):
 def test_expired_lease_is_taken_over_and_fenced_out_worker_changes_nothing(local_backend, tiny_dataset, tmp_path):
     [(job_id, spec)] = make_jobs(tiny_dataset, 1)
     submit_jobs(local_backend.store, local_backend.queue, STUDY, [(job_id, spec)])
-    taken_over = threading.Event()
+    taken_over, claimed = threading.Event(), threading.Event()
     refused: list[Exception] = []
 
     def stalled(ctx, call):
+        claimed.set()
         assert taken_over.wait(30), "nobody took the job over"
         try:
             ctx.on_epoch(EpochReport(1, {"val_accuracy": 0.01}, 1.0))
@@ -105,6 +106,7 @@ def test_expired_lease_is_taken_over_and_fenced_out_worker_changes_nothing(local
     first = Worker(partitioned, settings_for(tmp_path / "home", worker_id="w1"), FakeTraining(stalled))
     thread = threading.Thread(target=first.work, args=(Policy(max_jobs=1),))
     thread.start()
+    assert claimed.wait(30), "the first worker never claimed the job"
     second_training = FakeTraining()
     second = Worker(local_backend, settings_for(tmp_path / "home", worker_id="w2"), second_training)
     deadline = time.monotonic() + 30

@@ -1,0 +1,95 @@
+"""Evaluation: the parent's best model predicts the held-out test split, once.
+
+test_accuracy is computed from the same predictions that the CSV lists, so it always equals the
+share of CSV rows whose predicted class is the true class. test_loss is the mean cross-entropy
+of those predictions (without the head's regularization penalties, which Keras adds to val_loss).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+
+import numpy as np
+
+from shared.errors import PermanentError
+from shared.manifest import Manifest
+from worker.training import data
+from worker.training.context import JobContext, JobResult
+from worker.training.inputs import load_parent, parent_checkpoint_key
+from worker.training.models import count_params
+from worker.training.train import StopPoller, StopRequested
+
+EPSILON = 1e-7  # Keras's clipping of probabilities in cross-entropy
+
+
+def evaluate(ctx: JobContext, manifest: Manifest, started: float) -> JobResult:
+    model = load_parent(ctx)
+    files = data.split_files(manifest, "test")
+    num_classes = model.output_shape[-1]
+    if num_classes != len(manifest.classes):
+        raise PermanentError(f"the model predicts {num_classes} classes, the dataset has {len(manifest.classes)}")
+    images = data.load_images(ctx.dataset_dir, manifest, "test", model.input_shape[1], ctx.local_cache_dir)
+    batches = data.batches(images, files.labels, np.arange(len(images)), ctx.spec.training.batch_size)
+    try:
+        probabilities = model.predict(batches, callbacks=[StopPoller(ctx.should_stop)], verbose=0)
+    except StopRequested as stop:
+        return _stopped(ctx, model, stop.reason, started)
+    scores = score(probabilities, files.labels)
+    artifacts = _write_reports(ctx, manifest, files, probabilities, scores)
+    total, trainable = count_params(model)
+    return JobResult(
+        outcome="completed",
+        stop_reason=None,
+        epochs_run=0,
+        best_epoch=None,
+        metrics={"test_accuracy": scores["accuracy"], "test_loss": scores["loss"]},
+        seconds=time.monotonic() - started,
+        total_params=total,
+        trainable_params=trainable,
+        checkpoint=parent_checkpoint_key(ctx),
+        artifacts=artifacts,
+    )
+
+
+def score(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    predicted = probabilities.argmax(axis=1)
+    true_probability = np.clip(probabilities[np.arange(len(labels)), labels], EPSILON, 1.0)
+    return {"accuracy": float(np.mean(predicted == labels)), "loss": float(np.mean(-np.log(true_probability)))}
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (labels, predicted), 1)
+    return matrix  # rows: true class, columns: predicted class
+
+
+def _write_reports(
+    ctx: JobContext, manifest: Manifest, files: data.SplitFiles, probabilities: np.ndarray, scores: dict[str, float]
+) -> dict[str, str]:
+    classes = manifest.classes
+    predicted = probabilities.argmax(axis=1)
+    matrix = confusion_matrix(files.labels, predicted, len(classes))
+    support = matrix.sum(axis=1)
+    per_class = {name: (float(matrix[i, i] / support[i]) if support[i] else None) for i, name in enumerate(classes)}
+    keys = {
+        "predictions_csv": f"{ctx.prefix}/predictions.csv",
+        "confusion_matrix": f"{ctx.prefix}/confusion_matrix.json",
+        "per_class_accuracy": f"{ctx.prefix}/per_class_accuracy.json",
+    }
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["file", "true_class", "predicted_class", "probability"])
+    for path, label, guess, row in zip(files.paths, files.labels, predicted, probabilities):
+        writer.writerow([path, classes[label], classes[guess], f"{row[guess]:.6f}"])
+    ctx.artifacts.put_bytes(keys["predictions_csv"], out.getvalue().encode())
+    ctx.artifacts.put_bytes(keys["confusion_matrix"], json.dumps({"classes": classes, "matrix": matrix.tolist()}).encode())
+    ctx.artifacts.put_bytes(keys["per_class_accuracy"], json.dumps(per_class, indent=1).encode())
+    return keys
+
+
+def _stopped(ctx: JobContext, model, reason: str, started: float) -> JobResult:
+    total, trainable = count_params(model)
+    return JobResult("stopped", reason, 0, None, {}, time.monotonic() - started, total, trainable, None, {})

@@ -1,0 +1,203 @@
+"""The feature cache: a frozen base's outputs, computed once per key and shared by every job.
+
+With the base frozen (and run in inference mode) and no augmentation, the base maps each image
+to the same output in every epoch of every job that shares (architecture, image size, base
+weights, preprocessing, dataset). So those outputs are computed once, stored in the artifact
+store, and head-only training reads them instead of pushing images through the base.
+
+An entry is `{feature_cache_prefix}/{key}/`:
+    features-<token>.npy        float32, one row per train-split image, in manifest order
+    base-<token>.weights.h5     the base's weights, so that a resumed job reassembles the very
+                                base the features came from (a random-init base is not
+                                guaranteed to come out the same on another host)
+    manifest.json               written LAST with put_bytes(if_absent=True): the commit marker
+The data files carry a per-writer token, so two workers racing to build one entry never
+overwrite each other's files; the loser deletes its own and uses the winner's entry.
+
+The weights part of the key is a checksum of the base's weights as loaded, not the spec's
+string: it tells "imagenet" from a file from a random init (whose value depends on the seed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from shared.errors import NotFoundError, PermanentError, RetryableError
+from shared.jobs import JobSpec
+from shared.ports import ArtifactStore
+from worker.training import data
+from worker.training.models import architecture, feature_extractor, find_base, weights_checksum
+
+log = logging.getLogger(__name__)
+ENTRY_VERSION = 1
+
+
+def applies(spec: JobSpec) -> bool:
+    """Head-only training on cached features gives the same result only for a frozen base
+    (a train job) fed unaugmented images."""
+    augmented = spec.training.augmentation is not None and spec.training.augmentation.enabled
+    return (
+        spec.kind == "train"
+        and spec.training.feature_cache
+        and not architecture(spec.model.architecture).is_benchmark
+        and not augmented
+    )
+
+
+def entry_key(spec: JobSpec, base_checksum: str, dataset_checksum: str) -> str:
+    arch = architecture(spec.model.architecture)
+    identity = {
+        "version": ENTRY_VERSION,
+        "architecture": arch.name,
+        "image_size": spec.model.image_size,
+        "weights": base_checksum,
+        "preprocessing": f"keras.applications.{arch.module}.preprocess_input@keras-{keras.__version__}",
+        "resize": data.RESIZE_METHOD,
+        "dataset": dataset_checksum,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+
+
+@dataclass
+class Entry:
+    key: str
+    prefix: str  # where the entry lives in the artifact store
+    manifest: dict[str, Any]
+    features: np.ndarray  # read-only, memory-mapped
+
+    def base_weights(self, artifacts: ArtifactStore, local_dir: Path) -> Path:
+        local = Path(local_dir) / self.manifest["base_weights"]
+        if not local.is_file():
+            artifacts.get_file(f"{self.prefix}/{self.manifest['base_weights']}", local)
+        return local
+
+
+class FeatureCache:
+    def __init__(self, artifacts: ArtifactStore, prefix: str, local_dir: Path) -> None:
+        self.artifacts = artifacts
+        self.prefix = prefix.rstrip("/")
+        self.local_dir = Path(local_dir)
+
+    def get_or_build(
+        self, spec: JobSpec, model: keras.Model, dataset_checksum: str, labels: np.ndarray, images: Callable[[], np.ndarray]
+    ) -> Entry:
+        """The entry for `model`'s base on this dataset, built (from `images()`) only on a miss."""
+        key = entry_key(spec, weights_checksum(find_base(model)), dataset_checksum)
+        entry = self.open(key, labels)
+        if entry is not None:
+            log.info("feature cache hit: %s", key)
+            return entry
+        log.info("feature cache miss: computing %s", key)
+        return self._build(key, spec, model, dataset_checksum, labels, images(), spec.training.batch_size)
+
+    def open(self, key: str, labels: np.ndarray) -> Entry | None:
+        """A committed entry (its features downloaded once per host), or None."""
+        prefix = f"{self.prefix}/{key}"
+        try:
+            manifest = json.loads(self.artifacts.get_bytes(f"{prefix}/manifest.json"))
+        except NotFoundError:
+            return None
+        if manifest["labels"] != labels.tolist():
+            raise PermanentError(f"feature cache entry {prefix} does not match the dataset's labels")
+        local = self._local(key) / manifest["features"]
+        if not local.is_file():
+            self._download(f"{prefix}/{manifest['features']}", local, manifest["features_sha256"])
+        return Entry(key, prefix, manifest, np.load(local, mmap_mode="r"))
+
+    def _download(self, key: str, local: Path, sha256: str) -> None:
+        temp = local.with_name(f".tmp-{uuid.uuid4().hex}-{local.name}")
+        self.artifacts.get_file(key, temp)
+        if _sha256(temp) != sha256:
+            temp.unlink(missing_ok=True)
+            raise RetryableError(f"feature cache file {key} does not match its checksum")
+        os.replace(temp, local)
+
+    def _local(self, key: str) -> Path:
+        path = self.local_dir / key
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _build(
+        self, key: str, spec: JobSpec, model: keras.Model, dataset_checksum: str, labels: np.ndarray,
+        images: np.ndarray, batch_size: int,
+    ) -> Entry:
+        token = uuid.uuid4().hex[:12]
+        prefix = f"{self.prefix}/{key}"
+        features_name, weights_name = f"features-{token}.npy", f"base-{token}.weights.h5"
+        features_path = compute_features(model, images, batch_size, self._local(key) / features_name)
+        weights_path = self._local(key) / weights_name
+        find_base(model).base.save_weights(weights_path)
+        uploaded = [f"{prefix}/{features_name}", f"{prefix}/{weights_name}"]
+        self.artifacts.put_file(features_path, uploaded[0])
+        self.artifacts.put_file(weights_path, uploaded[1])
+        manifest = {
+            "key": key,
+            "architecture": spec.model.architecture,
+            "image_size": spec.model.image_size,
+            "weights": spec.model.weights,
+            "dataset_checksum": dataset_checksum,
+            "keras_version": keras.__version__,
+            "count": int(len(labels)),
+            "shape": list(np.load(features_path, mmap_mode="r").shape),
+            "features": features_name,
+            "features_sha256": _sha256(features_path),
+            "base_weights": weights_name,
+            "labels": labels.tolist(),
+            "created_at": time.time(),
+        }
+        if self.artifacts.put_bytes(f"{prefix}/manifest.json", json.dumps(manifest).encode(), if_absent=True):
+            return Entry(key, prefix, manifest, np.load(features_path, mmap_mode="r"))
+        log.info("feature cache %s: another worker committed it first; using theirs", key)
+        for uploaded_key in uploaded:
+            self.artifacts.delete(uploaded_key)
+        features_path.unlink(missing_ok=True)
+        weights_path.unlink(missing_ok=True)
+        entry = self.open(key, labels)
+        if entry is None:
+            raise RetryableError(f"feature cache entry {prefix} vanished after it was committed")
+        return entry
+
+
+def compute_features(model: keras.Model, images: np.ndarray, batch_size: int, path: Path) -> Path:
+    """The base's outputs (preprocessing + base, inference mode) for every image, in order,
+    written straight to a memory-mapped .npy so a large dataset never sits in memory twice."""
+    extractor = feature_extractor(model)
+    shape = (len(images), *extractor.output_shape[1:])
+    fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
+    os.close(fd)
+    temp = Path(name)
+    try:
+        out = np.lib.format.open_memmap(temp, mode="w+", dtype=np.float32, shape=shape)
+        index = np.arange(len(images))
+        start = 0
+        for x, _ in data.batches(images, np.zeros(len(images), np.int32), index, batch_size):
+            batch = extractor.predict_on_batch(x)
+            out[start : start + len(batch)] = batch
+            start += len(batch)
+        out.flush()
+        del out
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,57 @@
+"""What a job reads from the artifact store besides its own state: a weights file, the parent's model."""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+import keras
+
+from shared.errors import BadInputError, PermanentError
+from shared.paths import check_key
+from worker.training.context import JobContext
+from worker.training.models import load_model
+
+
+def weights_key(weights: str) -> str:
+    """An artifact key from the spec's weights string: a key, or an s3:// URI of one."""
+    key = weights
+    if key.startswith("s3://"):
+        key = key[len("s3://") :].partition("/")[2]  # drop the bucket: keys are bucket-relative
+    try:
+        return check_key(key)
+    except BadInputError as exc:
+        raise PermanentError(f"weights {weights!r} is not an artifact key: {exc}") from None
+
+
+def fetch_weights(ctx: JobContext) -> Path | None:
+    """The local copy of the spec's weights file; None for "imagenet" and random init."""
+    weights = ctx.spec.model.weights
+    if weights is None or weights == "imagenet":
+        return None
+    key = weights_key(weights)
+    if not ctx.artifacts.exists(key):
+        raise PermanentError(f"weights file {weights!r} does not exist in the artifact store")
+    local = Path(ctx.work_dir) / "weights" / PurePosixPath(key).name
+    if not local.name.endswith(".weights.h5"):  # Keras picks the loader by suffix
+        local = local.with_name(local.name + ".weights.h5")
+    ctx.artifacts.get_file(key, local)
+    return local
+
+
+def parent_checkpoint_key(ctx: JobContext) -> str:
+    if not ctx.parent_prefix:
+        raise PermanentError(f"{ctx.spec.kind} job {ctx.job_id} names no parent job")
+    return f"{ctx.parent_prefix}/best.keras"
+
+
+def load_parent(ctx: JobContext) -> keras.Model:
+    """The parent job's best model, loaded in safe mode."""
+    key = parent_checkpoint_key(ctx)
+    if not ctx.artifacts.exists(key):
+        raise PermanentError(f"the parent's checkpoint {key} does not exist")
+    local = Path(ctx.work_dir) / "parent-best.keras"
+    ctx.artifacts.get_file(key, local)
+    try:
+        return load_model(local)
+    except Exception as exc:  # not a loadable .keras file (or one that needs unsafe code)
+        raise PermanentError(f"cannot load the parent's checkpoint {key}: {exc}") from exc

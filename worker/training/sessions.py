@@ -1,0 +1,116 @@
+"""A training session: the model to fit, its inputs and its progress, for a new or resumed job.
+
+Three shapes of session, one training loop:
+- train through the model (benchmark CNN, augmentation, feature cache off): fit the classifier;
+- train on cached features: fit the head alone on the base's outputs, and copy its weights into
+  the complete classifier whenever a checkpoint is saved;
+- fine-tune: fit the parent's best model with the top of its base unfrozen.
+A resumed session takes the model (with optimizer state) and progress from `state/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from shared.errors import PermanentError
+from shared.manifest import Manifest
+from shared.optimizers import OptimizerSpec
+from worker.training import data, features
+from worker.training.context import JobContext
+from worker.training.finetune import unfreeze
+from worker.training.inputs import fetch_weights, load_parent
+from worker.training.models import architecture, build_model, copy_head, find_base, head_model, load_model
+from worker.training.optimizers import make_optimizer
+from worker.training.state import Progress, StateStore
+
+
+@dataclass
+class Session:
+    trainer: keras.Model  # compiled: what `fit` runs
+    export: keras.Model  # the complete classifier that best.keras holds
+    inputs: np.ndarray  # images or cached features, one row per train-split image
+    labels: np.ndarray
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    progress: Progress
+    feature_entry: str | None = None  # artifact prefix of the feature-cache entry in use
+
+    def export_model(self) -> keras.Model:
+        if self.trainer is not self.export:
+            copy_head(self.trainer, self.export)
+        return self.export
+
+
+def compile_model(model: keras.Model, optimizer: OptimizerSpec) -> None:
+    model.compile(optimizer=make_optimizer(optimizer), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
+def open_session(ctx: JobContext, manifest: Manifest, states: StateStore) -> Session:
+    spec = ctx.spec
+    progress = states.load()
+    labels = data.split_files(manifest, "train").labels
+    train_idx, val_idx = data.validation_split(labels, spec.validation_split, spec.training.seed)
+    # Seeds the weights of a new model (and Dropout); a resumed model brings its own.
+    keras.utils.set_random_seed(spec.training.seed)
+    if spec.kind == "finetune":
+        trainer = _finetune_model(ctx, progress, states)
+        images = _images(ctx, manifest, trainer.input_shape[1])
+        return Session(trainer, trainer, images, labels, train_idx, val_idx, progress or Progress())
+    if progress is None:
+        return _new_train(ctx, manifest, labels, train_idx, val_idx)
+    return _resumed_train(ctx, manifest, labels, train_idx, val_idx, progress, states)
+
+
+def _images(ctx: JobContext, manifest: Manifest, image_size: int) -> np.ndarray:
+    return data.load_images(ctx.dataset_dir, manifest, "train", image_size, ctx.local_cache_dir)
+
+
+def _cache(ctx: JobContext) -> features.FeatureCache:
+    return features.FeatureCache(ctx.artifacts, ctx.feature_cache_prefix, ctx.local_cache_dir / "features")
+
+
+def _new_train(ctx: JobContext, manifest: Manifest, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray) -> Session:
+    spec = ctx.spec
+    model = build_model(spec.model, len(manifest.classes), fetch_weights(ctx))
+    if not features.applies(spec):
+        compile_model(model, spec.optimizer)
+        images = _images(ctx, manifest, spec.model.image_size)
+        return Session(model, model, images, labels, train_idx, val_idx, Progress())
+    entry = _cache(ctx).get_or_build(
+        spec, model, manifest.checksum, labels, lambda: _images(ctx, manifest, spec.model.image_size)
+    )
+    trainer = head_model(model)  # shares the head's layers with `model`
+    compile_model(trainer, spec.optimizer)
+    progress = Progress(feature_cache=entry.key)
+    return Session(trainer, model, entry.features, labels, train_idx, val_idx, progress, entry.prefix)
+
+
+def _resumed_train(
+    ctx: JobContext, manifest: Manifest, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+    progress: Progress, states: StateStore,
+) -> Session:
+    trainer = load_model(states.model_path(progress))
+    if progress.feature_cache is None:
+        images = _images(ctx, manifest, ctx.spec.model.image_size)
+        return Session(trainer, trainer, images, labels, train_idx, val_idx, progress)
+    cache = _cache(ctx)
+    entry = cache.open(progress.feature_cache, labels)
+    if entry is None:
+        raise PermanentError(f"feature cache entry {progress.feature_cache} that this job trained on is gone")
+    # The complete model gets the very base the features came from (no download needed).
+    export = build_model(ctx.spec.model.model_copy(update={"weights": None}), len(manifest.classes))
+    find_base(export).base.load_weights(entry.base_weights(ctx.artifacts, cache.local_dir / entry.key))
+    return Session(trainer, export, entry.features, labels, train_idx, val_idx, progress, entry.prefix)
+
+
+def _finetune_model(ctx: JobContext, progress: Progress | None, states: StateStore) -> keras.Model:
+    if progress is not None:
+        return load_model(states.model_path(progress))  # trainable flags and optimizer state included
+    model = load_parent(ctx)
+    arch = architecture(ctx.spec.model.architecture)
+    unfreeze(model, ctx.spec.unfreeze_from, arch.unfreeze_from)
+    compile_model(model, ctx.spec.optimizer)
+    return model

@@ -1,0 +1,144 @@
+"""The training loop: one `fit` call per epoch, with the job's own end-of-epoch bookkeeping.
+
+Why one `fit` per epoch: every epoch gets its own batch order (seeded by (seed, epoch), so it is
+the same after a resume) and every epoch ends with a checkpoint of the full training state.
+Keras's EarlyStopping/ModelCheckpoint/CSVLogger keep their state in memory for one `fit`, which
+a resumed job does not have; `state.Progress` does their work and is saved with the model.
+
+Stopping mid-epoch: in Keras 3.15 `model.stop_training = True` does break the batch loop, but
+`fit` then still validates and calls `on_epoch_end` for the partial epoch
+(keras/src/backend/tensorflow/trainer.py), which would record half an epoch as a whole one. So
+the stop callback raises instead, and the loop treats the partial epoch as never run: a resumed
+job redoes it from the last saved state.
+"""
+
+from __future__ import annotations
+
+import time
+
+import keras
+
+from worker.training import data
+from worker.training.context import EpochReport, JobContext, JobResult
+from worker.training.logs import EpochLogs
+from worker.training.models import count_params
+from worker.training.sessions import Session
+from worker.training.state import Monitor, StateStore
+
+
+class StopRequested(Exception):
+    """Raised from inside `fit` when the worker asks the job to stop (preemption, cancel)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class StopPoller(keras.callbacks.Callback):
+    """Polls `should_stop` after every training, validation and prediction batch."""
+
+    def __init__(self, should_stop) -> None:
+        super().__init__()
+        self.should_stop = should_stop
+
+    def _poll(self, *args: object, **kwargs: object) -> None:
+        reason = self.should_stop()
+        if reason:
+            raise StopRequested(reason)
+
+    on_train_batch_end = on_test_batch_end = on_predict_batch_end = _poll
+
+
+def train(ctx: JobContext, session: Session, states: StateStore, started: float) -> JobResult:
+    spec = ctx.spec.training
+    monitor = Monitor.from_spec(spec.early_stopping)
+    logs = EpochLogs(ctx.artifacts, ctx.prefix, ctx.work_dir)
+    progress = session.progress
+    _repair_after_crash(ctx, session, states, logs)
+    validation = data.batches(session.inputs, session.labels, session.val_idx, spec.batch_size)
+    poller = StopPoller(ctx.should_stop)
+    try:
+        while not progress.finished(spec.epochs):
+            reason = ctx.should_stop()
+            if reason:
+                return _result(ctx, session, "stopped", reason, started)
+            epoch_started = time.monotonic()
+            try:
+                metrics = _fit_one_epoch(ctx, session, validation, poller)
+            except StopRequested as stop:
+                return _result(ctx, session, "stopped", stop.reason, started)
+            seconds = time.monotonic() - epoch_started
+            improved = progress.record(monitor, metrics, seconds)
+            _end_of_epoch(ctx, session, states, logs, improved)
+            ctx.on_epoch(EpochReport(progress.epoch, metrics, seconds))
+    finally:
+        logs.close()
+    return _result(ctx, session, "completed", None, started)
+
+
+def _fit_one_epoch(ctx: JobContext, session: Session, validation, poller: StopPoller) -> dict[str, float]:
+    spec = ctx.spec.training
+    epoch = session.progress.epoch  # 0-based index of the epoch about to run
+    order = data.epoch_order(session.train_idx, spec.seed, epoch, spec.data_fraction)
+    augment = data.augmentation_layers(spec.augmentation, data.augmentation_seed(spec.seed, epoch))
+    batches = data.batches(session.inputs, session.labels, order, spec.batch_size, augment)
+    history = session.trainer.fit(
+        batches, validation_data=validation, epochs=epoch + 1, initial_epoch=epoch, callbacks=[poller], shuffle=False, verbose=0
+    )
+    return {name: float(values[-1]) for name, values in history.history.items()}
+
+
+def _end_of_epoch(ctx: JobContext, session: Session, states: StateStore, logs: EpochLogs, improved: bool) -> None:
+    """Order matters: the state commit comes first, so that everything after it can be redone
+    from the state if the worker dies halfway (see _repair_after_crash)."""
+    progress = session.progress
+    states.save(progress, session.trainer)
+    if improved:
+        _publish_best(ctx, session, states)
+    logs.write_epoch(progress.history)
+
+
+def _publish_best(ctx: JobContext, session: Session, states: StateStore) -> None:
+    progress = session.progress
+    local = ctx.work_dir / "best.keras"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    session.export_model().save(local)
+    ctx.artifacts.put_file(local, f"{ctx.prefix}/best.keras")
+    states.mark_published(progress.best_epoch, progress.best_metrics())
+
+
+def _repair_after_crash(ctx: JobContext, session: Session, states: StateStore, logs: EpochLogs) -> None:
+    """A worker may die between the state commit and the uploads that follow it. The only best
+    model that can then be missing is the one of the last saved epoch, which is the model just
+    loaded; and the CSV is rebuilt from the saved history."""
+    progress = session.progress
+    if progress.epoch == 0:
+        return
+    if progress.best_epoch is not None and states.published_best() != progress.best_epoch:
+        if progress.best_epoch == progress.epoch:
+            _publish_best(ctx, session, states)
+    logs.write_csv(progress.history)
+
+
+def _result(ctx: JobContext, session: Session, outcome: str, reason: str | None, started: float) -> JobResult:
+    progress = session.progress
+    total, trainable = count_params(session.export)
+    artifacts = {
+        "log_csv": f"{ctx.prefix}/log.csv",
+        "tensorboard": f"{ctx.prefix}/tensorboard",
+        "state": f"{ctx.prefix}/state",
+    }
+    if session.feature_entry:
+        artifacts["feature_cache"] = session.feature_entry
+    return JobResult(
+        outcome=outcome,  # type: ignore[arg-type]
+        stop_reason=reason,
+        epochs_run=progress.epoch,
+        best_epoch=progress.best_epoch,
+        metrics=progress.best_metrics(),
+        seconds=time.monotonic() - started,
+        total_params=total,
+        trainable_params=trainable,
+        checkpoint=f"{ctx.prefix}/best.keras" if progress.best_epoch is not None else None,
+        artifacts=artifacts,
+    )
