@@ -71,10 +71,10 @@ def handled(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except BadInputError as exc:
-            errors.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+            typer.echo(f"error: {exc}", err=True)  # one line, never wrapped: scripts grep it
             raise typer.Exit(2) from None
         except (NotFoundError, SpotsweepError) as exc:
-            errors.print(f"[red]error:[/red] {exc}", highlight=False, markup=True)
+            typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
