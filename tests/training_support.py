@@ -125,3 +125,17 @@ def stop_after_batches(count: int, reason: str = "preempted"):
         return reason if polls["n"] > count else None
 
     return should_stop
+
+
+try:  # a fixture the training test modules share (import it into the module to use it)
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        """3 classes x (10 train + 4 test) images of 40 px, with manifest.json."""
+        root = tmp_path_factory.mktemp("datasets") / "tiny"
+        write_dataset(root)
+        return root
+
+except ImportError:  # pragma: no cover - pytest is a dev dependency
+    pass

@@ -48,6 +48,7 @@ class S3ArtifactStore:
         stripped = prefix.strip("/")
         self.prefix = f"{check_key(stripped)}/" if stripped else ""
         self.transfer_config = transfer_config or DEFAULT_TRANSFER
+        self.page_size: int | None = None  # ListObjectsV2 MaxKeys (None: S3's 1,000)
         self._name = bucket
         self._region = None  # bucket names are global
 
@@ -133,7 +134,8 @@ class S3ArtifactStore:
             check_key(prefix)
         paginator = self.client.get_paginator("list_objects_v2")
         # S3 lists keys in UTF-8 byte order, which is Python's str order: key order as promised
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+        pages = {"PageSize": self.page_size} if self.page_size else {}
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix, PaginationConfig=pages):
             for obj in page.get("Contents", []):
                 yield ObjectInfo(obj["Key"][len(self.prefix) :], int(obj["Size"]))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -175,12 +176,21 @@ def _required(weights_path: Path | None, spec: ModelSpec) -> Path:
 
 
 def _load_weights_file(model: keras.Model, spec: ModelSpec, path: Path) -> None:
-    try:
-        model.load_weights(path)
-    except Exception as exc:  # wrong architecture, size or a corrupt file: retrying cannot help
-        raise PermanentError(
-            f"weights file {spec.weights!r} does not load into {spec.architecture} at {spec.image_size} px: {exc}"
-        ) from exc
+    load_weights_strictly(model, path, f"weights file {spec.weights!r}", f"{spec.architecture} at {spec.image_size} px")
+
+
+def load_weights_strictly(model: keras.Model, path: Path, what: str, into: str) -> None:
+    """`model.load_weights`, but a file that leaves any layer unloaded is an error: Keras 3 only
+    warns ("Skipping nested container ... will retain their freshly-initialized weights")."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(path)
+        except Exception as exc:  # wrong architecture, size or a corrupt file: retrying cannot help
+            raise PermanentError(f"{what} does not load into {into}: {exc}") from exc
+    partial = [str(w.message) for w in caught if "Skipping" in str(w.message) or "could not be loaded" in str(w.message)]
+    if partial:
+        raise PermanentError(f"{what} does not load into {into}: {partial[0]}")
 
 
 def find_base(model: keras.Model) -> InferenceBase | None:

@@ -22,9 +22,9 @@ from worker.training import data, features
 from worker.training.context import JobContext
 from worker.training.finetune import unfreeze
 from worker.training.inputs import fetch_weights, load_parent
-from worker.training.models import architecture, build_model, copy_head, find_base, head_model, load_model
+from worker.training.models import architecture, build_model, copy_head, find_base, head_model, load_model, load_weights_strictly
 from worker.training.optimizers import make_optimizer
-from worker.training.state import Progress, StateStore
+from worker.training.state import Progress, StateStore, restore_rng_state
 
 
 @dataclass
@@ -92,7 +92,7 @@ def _resumed_train(
     ctx: JobContext, manifest: Manifest, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
     progress: Progress, states: StateStore,
 ) -> Session:
-    trainer = load_model(states.model_path(progress))
+    trainer = _load_state_model(states, progress)
     if progress.feature_cache is None:
         images = _images(ctx, manifest, ctx.spec.model.image_size)
         return Session(trainer, trainer, images, labels, train_idx, val_idx, progress)
@@ -102,15 +102,22 @@ def _resumed_train(
         raise PermanentError(f"feature cache entry {progress.feature_cache} that this job trained on is gone")
     # The complete model gets the very base the features came from (no download needed).
     export = build_model(ctx.spec.model.model_copy(update={"weights": None}), len(manifest.classes))
-    find_base(export).base.load_weights(entry.base_weights(ctx.artifacts, cache.local_dir / entry.key))
+    weights = entry.base_weights(ctx.artifacts, cache.local_dir / entry.key)
+    load_weights_strictly(find_base(export).base, weights, f"feature cache base weights {entry.prefix}", "the job's base")
     return Session(trainer, export, entry.features, labels, train_idx, val_idx, progress, entry.prefix)
 
 
 def _finetune_model(ctx: JobContext, progress: Progress | None, states: StateStore) -> keras.Model:
     if progress is not None:
-        return load_model(states.model_path(progress))  # trainable flags and optimizer state included
+        return _load_state_model(states, progress)  # trainable flags and optimizer state included
     model = load_parent(ctx)
     arch = architecture(ctx.spec.model.architecture)
     unfreeze(model, ctx.spec.unfreeze_from, arch.unfreeze_from)
     compile_model(model, ctx.spec.optimizer)
+    return model
+
+
+def _load_state_model(states: StateStore, progress: Progress) -> keras.Model:
+    model = load_model(states.model_path(progress))
+    restore_rng_state(model, progress.rng)
     return model

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 import keras
+import numpy as np
 
 from shared.errors import NotFoundError, PermanentError
 from shared.jobs import EarlyStopping
@@ -67,6 +68,7 @@ class Progress:
     stopped_early: bool = False
     model_key: str | None = None  # the saved training model of the last completed epoch
     feature_cache: str | None = None  # the feature-cache entry that head-only training reads
+    rng: list[list[int]] = field(default_factory=list)  # the model's seed-generator states (Dropout)
 
     def record(self, monitor: Monitor, metrics: dict[str, float], seconds: float) -> bool:
         """Account for one completed epoch; True when it is the best so far (a new checkpoint)."""
@@ -136,6 +138,7 @@ class StateStore:
         local = self.work_dir / name
         local.parent.mkdir(parents=True, exist_ok=True)
         model.save(local)  # a compiled model: weights AND optimizer state (iterations, moments)
+        progress.rng = rng_state(model)
         progress.model_key = f"{self.prefix}/{name}"
         self.artifacts.put_file(local, progress.model_key)
         self.artifacts.put_bytes(self.state_key, progress.to_json())  # the commit point
@@ -152,3 +155,22 @@ class StateStore:
 
     def mark_published(self, epoch: int, metrics: dict[str, float]) -> None:
         self.artifacts.put_bytes(f"{self.prefix}/best.json", json.dumps({"epoch": epoch, "metrics": metrics}).encode())
+
+
+def _seed_states(model: keras.Model) -> list[keras.Variable]:
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
+def rng_state(model: keras.Model) -> list[list[int]]:
+    """The states of the model's random seed generators (Dropout masks). A `.keras` file does
+    not keep them (a loaded layer draws a fresh seed), so they travel in the state JSON: a
+    resumed job then draws the same masks as one that never stopped."""
+    return [[int(x) for x in keras.ops.convert_to_numpy(v)] for v in _seed_states(model)]
+
+
+def restore_rng_state(model: keras.Model, states: list[list[int]]) -> None:
+    variables = _seed_states(model)
+    if len(variables) != len(states):
+        return  # a state saved by another version of the model: keep the fresh seeds
+    for variable, value in zip(variables, states):
+        variable.assign(np.asarray(value, dtype=variable.dtype))

@@ -1,0 +1,253 @@
+"""The input pipeline, the training loop, early stopping and resumption (real tiny models)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from shared.errors import BadInputError, PermanentError
+from shared.manifest import MANIFEST_NAME
+from tests.training_support import context, stop_after_batches, tiny_dataset, tiny_spec, write_dataset  # noqa: F401
+from worker.training import EpochReport, run_job
+from worker.training import data
+from worker.training.models import load_model
+from worker.training.state import Monitor, Progress
+
+# ---------------------------------------------------------------- the input pipeline
+
+
+def test_validation_split_is_seeded_stratified_and_disjoint():
+    labels = np.repeat([0, 1, 2], [10, 20, 5])
+    train, val = data.validation_split(labels, 0.2, seed=7)
+    assert len(np.intersect1d(train, val)) == 0 and len(train) + len(val) == len(labels)
+    assert [int(np.sum(labels[val] == c)) for c in range(3)] == [2, 4, 1]
+    again, _ = data.validation_split(labels, 0.2, seed=7)
+    other, _ = data.validation_split(labels, 0.2, seed=8)
+    np.testing.assert_array_equal(train, again)
+    assert not np.array_equal(train, other)
+
+
+def test_epoch_order_is_reproducible_per_epoch_and_honours_data_fraction():
+    train = np.arange(0, 100, 2)
+    first = data.epoch_order(train, seed=1, epoch=0)
+    np.testing.assert_array_equal(first, data.epoch_order(train, seed=1, epoch=0))
+    assert sorted(first) == list(train)
+    assert not np.array_equal(first, data.epoch_order(train, seed=1, epoch=1))
+    half = data.epoch_order(train, seed=1, epoch=3, fraction=0.5)
+    assert len(half) == 25 and set(half) <= set(train)
+    batch = 8
+    assert math.ceil(len(half) / batch) == math.ceil(0.5 * len(train) / batch)  # steps per epoch
+
+
+def test_batches_follow_the_order_given():
+    inputs = np.arange(10 * 2 * 2 * 3, dtype=np.uint8).reshape(10, 2, 2, 3)
+    labels = np.arange(10, dtype=np.int32)
+    order = np.array([3, 1, 4, 0, 9, 2, 6])
+    got = [(x.numpy(), y.numpy()) for x, y in data.batches(inputs, labels, order, 3)]
+    assert [len(y) for _, y in got] == [3, 3, 1]
+    np.testing.assert_array_equal(np.concatenate([y for _, y in got]), order)
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in got]), inputs[order].astype(np.float32))
+
+
+def test_augmentation_is_reproducible_per_epoch_and_changes_images():
+    spec = tiny_spec(training={"augmentation": {"rotation": 0.1, "shift": 0.1, "shear": 0.1, "zoom": 0.1, "horizontal_flip": True}})
+    inputs = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3)).astype(np.uint8)
+    labels = np.zeros(6, np.int32)
+
+    def run(epoch: int) -> np.ndarray:
+        layers = data.augmentation_layers(spec.training.augmentation, data.augmentation_seed(3, epoch))
+        assert len(layers) == 5
+        return np.concatenate([x.numpy() for x, _ in data.batches(inputs, labels, np.arange(6), 4, layers)])
+
+    assert not np.allclose(run(0), inputs)
+    np.testing.assert_allclose(run(0), run(0))
+    assert not np.allclose(run(0), run(1))
+    assert data.augmentation_layers(None, 0) == []
+
+
+def test_images_are_decoded_once_into_a_memory_mapped_cache(tmp_path):
+    root = tmp_path / "ds"
+    manifest = write_dataset(root, train_per_class=3, test_per_class=1)
+    cache = tmp_path / "cache"
+    images = data.load_images(root, manifest, "train", 24, cache)
+    assert images.shape == (9, 24, 24, 3) and images.dtype == np.uint8
+    assert isinstance(images, np.memmap)
+    (cached,) = cache.glob("images-*-train-24-*.npy")
+    stamp = cached.stat().st_mtime_ns
+    (root / manifest.split("train")[0].path).unlink()  # a re-decode would now fail
+    again = data.load_images(root, manifest, "train", 24, cache)
+    np.testing.assert_array_equal(again, images)
+    assert cached.stat().st_mtime_ns == stamp
+    assert not [p for p in cache.iterdir() if p.name.startswith(".tmp-")]
+    assert images[:3].mean() > 20  # real pixels, not an empty file
+
+
+def test_missing_manifest_and_missing_files_are_permanent(tmp_path):
+    with pytest.raises(PermanentError, match="manifest.json"):
+        data.load_manifest(tmp_path)
+    root = tmp_path / "ds"
+    manifest = write_dataset(root, train_per_class=2, test_per_class=1)
+    (root / manifest.split("train")[1].path).unlink()
+    with pytest.raises(PermanentError, match="missing 1 files"):
+        data.load_images(root, manifest, "train", 16, tmp_path / "cache")
+    (root / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(PermanentError, match="invalid dataset manifest"):
+        data.load_manifest(root)
+
+
+def test_a_corrupt_image_is_named(tmp_path):
+    root = tmp_path / "ds"
+    manifest = write_dataset(root, train_per_class=2, test_per_class=1)
+    bad = manifest.split("train")[2].path
+    (root / bad).write_bytes(b"not an image at all")
+    with pytest.raises(BadInputError, match=bad.split("/")[-1]):
+        data.load_images(root, manifest, "train", 16, tmp_path / "cache")
+
+
+def test_files_outside_the_dataset_are_never_read(tmp_path):
+    root = tmp_path / "ds"
+    manifest = write_dataset(root, train_per_class=2, test_per_class=1)
+    outside = tmp_path / "secret.png"
+    target = root / manifest.split("train")[0].path
+    outside.write_bytes(target.read_bytes())
+    target.unlink()
+    os.symlink(outside, target)  # a link that escapes the dataset directory
+    with pytest.raises(BadInputError, match="outside"):
+        data.load_images(root, manifest, "train", 16, tmp_path / "cache")
+
+
+# ---------------------------------------------------------------- early stopping and progress
+
+
+def test_early_stopping_follows_keras_rules_and_survives_a_round_trip():
+    monitor = Monitor.from_spec(tiny_spec(training={"early_stopping": {"monitor": "val_loss", "patience": 2, "min_delta": 0.1}}).training.early_stopping)
+    assert monitor.mode == "min"
+    progress = Progress()
+    for value in (1.0, 0.95, 0.8):  # 0.95 is better but not by min_delta; 0.8 is
+        progress.record(monitor, {"val_loss": value}, 1.0)
+    assert (progress.best_epoch, progress.wait, progress.stopped_early) == (3, 0, False)
+    progress = Progress.from_json(progress.to_json())  # as a resumed job sees it
+    progress.record(monitor, {"val_loss": 0.85}, 1.0)
+    assert not progress.stopped_early and progress.wait == 1
+    progress.record(monitor, {"val_loss": float("nan")}, 1.0)
+    assert progress.stopped_early and progress.epoch == 5 and progress.best_epoch == 3
+    assert Monitor.from_spec(None) == Monitor("val_accuracy", "max", 0.0, None)
+    with pytest.raises(PermanentError, match="val_auc"):
+        Monitor("val_auc").value({"val_loss": 1.0})
+
+
+# ---------------------------------------------------------------- run_job end to end
+
+
+def csv_rows(ctx) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(ctx.artifacts.get_bytes(f"{ctx.prefix}/log.csv").decode())))
+
+
+def test_a_train_job_runs_end_to_end_with_its_artifacts(tmp_path, tiny_dataset):
+    reports: list[EpochReport] = []
+    ctx = context(tmp_path, tiny_spec(training={"epochs": 3}), tiny_dataset, on_epoch=reports.append)
+    result = run_job(ctx)
+    assert result.outcome == "completed" and result.stop_reason is None
+    assert result.epochs_run == 3 and [r.epoch for r in reports] == [1, 2, 3]
+    assert set(reports[0].metrics) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert result.best_epoch in (1, 2, 3)
+    best = reports[result.best_epoch - 1].metrics
+    assert result.metrics == {k: best[k] for k in ("val_accuracy", "val_loss", "accuracy", "loss")}
+    assert result.total_params == result.trainable_params == 95_203
+    assert result.checkpoint == f"{ctx.prefix}/best.keras"
+    model = load_model(tmp_path / "artifacts" / result.checkpoint)
+    assert model.output_shape == (None, 3)
+    rows = csv_rows(ctx)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3] == list(range(1, result.epochs_run + 1))
+    assert float(rows[1]["val_loss"]) == pytest.approx(reports[1].metrics["val_loss"])
+    tensorboard = [o.key for o in ctx.artifacts.list(result.artifacts["tensorboard"] + "/")]
+    assert any("/train/events.out.tfevents" in k for k in tensorboard)
+    assert any("/validation/events.out.tfevents" in k for k in tensorboard)
+    assert ctx.artifacts.exists(f"{result.artifacts['state']}/state.json")
+
+
+def test_early_stopping_ends_the_job(tmp_path, tiny_dataset):
+    # Monitoring the training loss for a *maximum* never improves after epoch 1: stops at epoch 3.
+    stopping = {"monitor": "loss", "mode": "max", "patience": 2}
+    result = run_job(context(tmp_path, tiny_spec(training={"epochs": 6, "early_stopping": stopping}), tiny_dataset))
+    assert result.outcome == "completed" and result.epochs_run == 3 and result.best_epoch == 1
+
+
+def test_a_stopped_job_resumes_at_the_next_epoch_with_one_continuous_log(tmp_path, tiny_dataset):
+    spec = tiny_spec(training={"epochs": 4, "early_stopping": {"monitor": "val_accuracy", "patience": 10}})
+    steps = math.ceil(24 / 8)  # 24 training images (30 - 6 validation), batch 8
+    first_reports: list[EpochReport] = []
+    polls_per_epoch = steps + 1 + 1  # after each batch, each validation batch, and before the epoch
+    first = context(tmp_path, spec, tiny_dataset, on_epoch=first_reports.append,
+                    should_stop=stop_after_batches(polls_per_epoch * 2 + 2))
+    stopped = run_job(first)
+    assert stopped.outcome == "stopped" and stopped.stop_reason == "preempted"
+    assert stopped.epochs_run == 2 and [r.epoch for r in first_reports] == [1, 2]
+    assert [int(r["epoch"]) for r in csv_rows(first)] == [1, 2]
+
+    # Another host: a fresh work dir and cache, the same artifact store.
+    second_reports: list[EpochReport] = []
+    second = context(tmp_path, spec, tiny_dataset, artifacts=first.artifacts, work_dir=tmp_path / "host-2",
+                     cache_dir=tmp_path / "host-2-cache", on_epoch=second_reports.append)
+    resumed = run_job(second)
+    assert resumed.outcome == "completed" and resumed.epochs_run == 4
+    assert [r.epoch for r in second_reports] == [3, 4]
+    rows = csv_rows(second)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[0]["val_loss"]) == pytest.approx(first_reports[0].metrics["val_loss"])
+    state = json.loads(second.artifacts.get_bytes(f"{second.prefix}/state/state.json"))
+    assert state["epoch"] == 4 and state["model_key"].endswith("epoch-0004.keras")
+    assert [o.key.rsplit("/", 1)[1] for o in second.artifacts.list(f"{second.prefix}/state/")] == [
+        "best.json", "epoch-0004.keras", "state.json"
+    ]
+
+    # The same job never interrupted: the resumed run ends with the same numbers.
+    straight_reports: list[EpochReport] = []
+    run_job(context(tmp_path, spec, tiny_dataset, job_id="straight", on_epoch=straight_reports.append))
+    print([r.metrics["val_loss"] for r in first_reports[:2] + second_reports], [r.metrics["val_loss"] for r in straight_reports])
+    for ours, theirs in zip(first_reports[:2] + second_reports, straight_reports):
+        assert ours.metrics["val_loss"] == pytest.approx(theirs.metrics["val_loss"], abs=1e-4)
+        assert ours.metrics["loss"] == pytest.approx(theirs.metrics["loss"], abs=1e-4)
+
+
+def test_a_job_stopped_before_its_first_epoch_and_a_finished_job_rerun(tmp_path, tiny_dataset):
+    spec = tiny_spec(training={"epochs": 1})
+    stopped = run_job(context(tmp_path, spec, tiny_dataset, should_stop=lambda: "cancelled"))
+    assert stopped.outcome == "stopped" and stopped.stop_reason == "cancelled" and stopped.epochs_run == 0
+    assert stopped.checkpoint is None
+    done = run_job(context(tmp_path, spec, tiny_dataset))
+    assert done.outcome == "completed" and done.epochs_run == 1
+    reports: list[EpochReport] = []
+    again = run_job(context(tmp_path, spec, tiny_dataset, on_epoch=reports.append))  # a duplicate delivery
+    assert again.outcome == "completed" and again.epochs_run == 1 and reports == []
+    assert again.metrics == done.metrics
+
+
+def test_a_best_model_lost_between_state_and_upload_is_republished(tmp_path, tiny_dataset):
+    spec = tiny_spec(training={"epochs": 2})
+    ctx = context(tmp_path, spec, tiny_dataset, should_stop=stop_after_batches(6))  # after epoch 1
+    assert run_job(ctx).epochs_run == 1
+    ctx.artifacts.delete(f"{ctx.prefix}/best.keras")  # as if the worker died right after the state commit
+    ctx.artifacts.delete(f"{ctx.prefix}/state/best.json")
+    ctx.artifacts.delete(f"{ctx.prefix}/log.csv")
+    again = run_job(context(tmp_path, spec, tiny_dataset, should_stop=lambda: "preempted"))
+    assert again.outcome == "stopped" and again.epochs_run == 1
+    assert ctx.artifacts.exists(f"{ctx.prefix}/best.keras") and len(csv_rows(ctx)) == 1
+
+
+def test_augmentation_and_data_fraction_train(tmp_path, tiny_dataset):
+    spec = tiny_spec(training={"epochs": 1, "data_fraction": 0.5, "augmentation": True})
+    result = run_job(context(tmp_path, spec, tiny_dataset))
+    assert result.outcome == "completed" and result.epochs_run == 1
+    assert "feature_cache" not in result.artifacts
+
+
+def test_a_dataset_without_a_manifest_is_permanent(tmp_path):
+    with pytest.raises(PermanentError):
+        run_job(context(tmp_path, tiny_spec(), tmp_path / "nothing-here"))
