@@ -66,7 +66,7 @@ Weights = Union[Literal["imagenet"], None, str]
 
 
 def _listify(value: Any) -> Any:
-    return value if isinstance(value, list) else [value]
+    return value if isinstance(value, list) or value is None else [value]
 
 
 class Parameters(_Strict):

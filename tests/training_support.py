@@ -116,15 +116,27 @@ def context(
     )
 
 
-def stop_after_batches(count: int, reason: str = "preempted"):
-    """A should_stop that asks to stop once it has been polled `count` times (about one poll per batch)."""
-    polls = {"n": 0}
+class StopInEpoch:
+    """Records epoch reports and asks the job to stop a few polls into epoch `epoch` (1-based):
+    pass `on_epoch=stop.on_epoch, should_stop=stop.should_stop`."""
 
-    def should_stop() -> str | None:
-        polls["n"] += 1
-        return reason if polls["n"] > count else None
+    def __init__(self, epoch: int, polls: int = 2, reason: str = "preempted") -> None:
+        self.epoch, self.polls, self.reason = epoch, polls, reason
+        self.reports: list[Any] = []
+        self._polled = 0
 
-    return should_stop
+    def on_epoch(self, report: Any) -> None:
+        self.reports.append(report)
+        self._polled = 0
+
+    def should_stop(self) -> str | None:
+        if len(self.reports) != self.epoch - 1:
+            return None
+        self._polled += 1
+        return self.reason if self._polled > self.polls else None
+
+    def fields(self) -> dict[str, Any]:
+        return {"on_epoch": self.on_epoch, "should_stop": self.should_stop}
 
 
 try:  # a fixture the training test modules share (import it into the module to use it)

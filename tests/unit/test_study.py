@@ -112,3 +112,10 @@ def test_scalars_are_accepted_where_lists_are():
     data = study()
     data["parameters"]["batch_size"] = 16
     assert parse(data).parameters.batch_size == [16]
+
+
+def test_a_stored_study_validates_again_to_the_same_spec():
+    data = study(finetune={"top": 2}, evaluate={"top": 1})
+    spec = parse(data)
+    again = type(spec).model_validate(spec.model_dump(mode="json"))
+    assert again == spec and again.study_id == spec.study_id

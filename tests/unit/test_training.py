@@ -13,7 +13,7 @@ import pytest
 
 from shared.errors import BadInputError, PermanentError
 from shared.manifest import MANIFEST_NAME
-from tests.training_support import context, stop_after_batches, tiny_dataset, tiny_spec, write_dataset  # noqa: F401
+from tests.training_support import StopInEpoch, context, tiny_dataset, tiny_spec, write_dataset  # noqa: F401
 from worker.training import EpochReport, run_job
 from worker.training import data
 from worker.training.models import load_model
@@ -181,12 +181,10 @@ def test_early_stopping_ends_the_job(tmp_path, tiny_dataset):
 
 def test_a_stopped_job_resumes_at_the_next_epoch_with_one_continuous_log(tmp_path, tiny_dataset):
     spec = tiny_spec(training={"epochs": 4, "early_stopping": {"monitor": "val_accuracy", "patience": 10}})
-    steps = math.ceil(24 / 8)  # 24 training images (30 - 6 validation), batch 8
-    first_reports: list[EpochReport] = []
-    polls_per_epoch = steps + 1 + 1  # after each batch, each validation batch, and before the epoch
-    first = context(tmp_path, spec, tiny_dataset, on_epoch=first_reports.append,
-                    should_stop=stop_after_batches(polls_per_epoch * 2 + 2))
+    stop = StopInEpoch(3)  # two polls into epoch 3: after its first training batch
+    first = context(tmp_path, spec, tiny_dataset, **stop.fields())
     stopped = run_job(first)
+    first_reports = stop.reports
     assert stopped.outcome == "stopped" and stopped.stop_reason == "preempted"
     assert stopped.epochs_run == 2 and [r.epoch for r in first_reports] == [1, 2]
     assert [int(r["epoch"]) for r in csv_rows(first)] == [1, 2]
@@ -210,7 +208,6 @@ def test_a_stopped_job_resumes_at_the_next_epoch_with_one_continuous_log(tmp_pat
     # The same job never interrupted: the resumed run ends with the same numbers.
     straight_reports: list[EpochReport] = []
     run_job(context(tmp_path, spec, tiny_dataset, job_id="straight", on_epoch=straight_reports.append))
-    print([r.metrics["val_loss"] for r in first_reports[:2] + second_reports], [r.metrics["val_loss"] for r in straight_reports])
     for ours, theirs in zip(first_reports[:2] + second_reports, straight_reports):
         assert ours.metrics["val_loss"] == pytest.approx(theirs.metrics["val_loss"], abs=1e-4)
         assert ours.metrics["loss"] == pytest.approx(theirs.metrics["loss"], abs=1e-4)
@@ -231,7 +228,7 @@ def test_a_job_stopped_before_its_first_epoch_and_a_finished_job_rerun(tmp_path,
 
 def test_a_best_model_lost_between_state_and_upload_is_republished(tmp_path, tiny_dataset):
     spec = tiny_spec(training={"epochs": 2})
-    ctx = context(tmp_path, spec, tiny_dataset, should_stop=stop_after_batches(6))  # after epoch 1
+    ctx = context(tmp_path, spec, tiny_dataset, **StopInEpoch(2).fields())
     assert run_job(ctx).epochs_run == 1
     ctx.artifacts.delete(f"{ctx.prefix}/best.keras")  # as if the worker died right after the state commit
     ctx.artifacts.delete(f"{ctx.prefix}/state/best.json")
@@ -242,7 +239,7 @@ def test_a_best_model_lost_between_state_and_upload_is_republished(tmp_path, tin
 
 
 def test_augmentation_and_data_fraction_train(tmp_path, tiny_dataset):
-    spec = tiny_spec(training={"epochs": 1, "data_fraction": 0.5, "augmentation": True})
+    spec = tiny_spec(training={"epochs": 1, "data_fraction": 0.5, "augmentation": {"rotation": 0.05, "zoom": 0.1, "horizontal_flip": True}})
     result = run_job(context(tmp_path, spec, tiny_dataset))
     assert result.outcome == "completed" and result.epochs_run == 1
     assert "feature_cache" not in result.artifacts

@@ -28,6 +28,7 @@ from shared.errors import BadInputError, PermanentError
 from shared.jobs import Augmentation
 from shared.manifest import MANIFEST_NAME, Manifest, Split
 from shared.paths import safe_join
+from worker.training.stopping import ShouldStop, check
 
 RESIZE_METHOD = "bilinear-antialias"  # part of every cache key: a change invalidates the caches
 CACHE_VERSION = 1
@@ -61,8 +62,12 @@ def split_files(manifest: Manifest, split: Split) -> SplitFiles:
     return SplitFiles([f.path for f in files], labels)
 
 
-def load_images(dataset_dir: Path, manifest: Manifest, split: Split, image_size: int, cache_dir: Path) -> np.ndarray:
-    """The split's images as a read-only (N, S, S, 3) uint8 array, memory-mapped from the cache."""
+def load_images(
+    dataset_dir: Path, manifest: Manifest, split: Split, image_size: int, cache_dir: Path,
+    should_stop: ShouldStop | None = None,
+) -> np.ndarray:
+    """The split's images as a read-only (N, S, S, 3) uint8 array, memory-mapped from the cache.
+    Decoding polls `should_stop` between batches (StopRequested)."""
     files = split_files(manifest, split)
     shape = (len(files.paths), image_size, image_size, 3)
     path = Path(cache_dir) / f"images-{manifest.checksum[:24]}-{split}-{image_size}-{RESIZE_METHOD}-v{CACHE_VERSION}.npy"
@@ -73,7 +78,7 @@ def load_images(dataset_dir: Path, manifest: Manifest, split: Split, image_size:
     missing = [str(p) for p in local if not p.is_file()]
     if missing:
         raise PermanentError(f"dataset {dataset_dir} is missing {len(missing)} files, e.g. {missing[0]}")
-    _decode_into(path, local, shape)
+    _decode_into(path, local, shape, should_stop)
     return np.load(path, mmap_mode="r")
 
 
@@ -87,7 +92,7 @@ def _open_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
     return array if array.shape == shape and array.dtype == np.uint8 else None
 
 
-def _decode_into(path: Path, files: Sequence[Path], shape: tuple[int, ...]) -> None:
+def _decode_into(path: Path, files: Sequence[Path], shape: tuple[int, ...], should_stop: ShouldStop | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
     os.close(fd)
@@ -96,6 +101,7 @@ def _decode_into(path: Path, files: Sequence[Path], shape: tuple[int, ...]) -> N
         out = np.lib.format.open_memmap(temp, mode="w+", dtype=np.uint8, shape=shape)
         start = 0
         for batch in _decoded(files, shape[1]):
+            check(should_stop)
             out[start : start + len(batch)] = batch
             start += len(batch)
         out.flush()

@@ -20,7 +20,7 @@ from worker.training import data
 from worker.training.context import JobContext, JobResult
 from worker.training.inputs import load_parent, parent_checkpoint_key
 from worker.training.models import count_params
-from worker.training.train import StopPoller, StopRequested
+from worker.training.stopping import StopPoller, StopRequested
 
 EPSILON = 1e-7  # Keras's clipping of probabilities in cross-entropy
 
@@ -31,9 +31,11 @@ def evaluate(ctx: JobContext, manifest: Manifest, started: float) -> JobResult:
     num_classes = model.output_shape[-1]
     if num_classes != len(manifest.classes):
         raise PermanentError(f"the model predicts {num_classes} classes, the dataset has {len(manifest.classes)}")
-    images = data.load_images(ctx.dataset_dir, manifest, "test", model.input_shape[1], ctx.local_cache_dir)
-    batches = data.batches(images, files.labels, np.arange(len(images)), ctx.spec.training.batch_size)
     try:
+        images = data.load_images(
+            ctx.dataset_dir, manifest, "test", model.input_shape[1], ctx.local_cache_dir, ctx.should_stop
+        )
+        batches = data.batches(images, files.labels, np.arange(len(images)), ctx.spec.training.batch_size)
         probabilities = model.predict(batches, callbacks=[StopPoller(ctx.should_stop)], verbose=0)
     except StopRequested as stop:
         return _stopped(ctx, model, stop.reason, started)

@@ -39,6 +39,7 @@ from shared.errors import NotFoundError, PermanentError, RetryableError
 from shared.jobs import JobSpec
 from shared.ports import ArtifactStore
 from worker.training import data
+from worker.training.stopping import ShouldStop, check
 from worker.training.models import architecture, feature_extractor, find_base, weights_checksum
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,8 @@ class FeatureCache:
         self.local_dir = Path(local_dir)
 
     def get_or_build(
-        self, spec: JobSpec, model: keras.Model, dataset_checksum: str, labels: np.ndarray, images: Callable[[], np.ndarray]
+        self, spec: JobSpec, model: keras.Model, dataset_checksum: str, labels: np.ndarray,
+        images: Callable[[], np.ndarray], should_stop: ShouldStop | None = None,
     ) -> Entry:
         """The entry for `model`'s base on this dataset, built (from `images()`) only on a miss."""
         key = entry_key(spec, weights_checksum(find_base(model)), dataset_checksum)
@@ -101,7 +103,7 @@ class FeatureCache:
             log.info("feature cache hit: %s", key)
             return entry
         log.info("feature cache miss: computing %s", key)
-        return self._build(key, spec, model, dataset_checksum, labels, images(), spec.training.batch_size)
+        return self._build(key, spec, model, dataset_checksum, labels, images(), should_stop)
 
     def open(self, key: str, labels: np.ndarray) -> Entry | None:
         """A committed entry (its features downloaded once per host), or None."""
@@ -132,12 +134,14 @@ class FeatureCache:
 
     def _build(
         self, key: str, spec: JobSpec, model: keras.Model, dataset_checksum: str, labels: np.ndarray,
-        images: np.ndarray, batch_size: int,
+        images: np.ndarray, should_stop: ShouldStop | None = None,
     ) -> Entry:
         token = uuid.uuid4().hex[:12]
         prefix = f"{self.prefix}/{key}"
         features_name, weights_name = f"features-{token}.npy", f"base-{token}.weights.h5"
-        features_path = compute_features(model, images, batch_size, self._local(key) / features_name)
+        features_path = compute_features(
+            model, images, spec.training.batch_size, self._local(key) / features_name, should_stop
+        )
         weights_path = self._local(key) / weights_name
         find_base(model).base.save_weights(weights_path)
         uploaded = [f"{prefix}/{features_name}", f"{prefix}/{weights_name}"]
@@ -171,7 +175,9 @@ class FeatureCache:
         return entry
 
 
-def compute_features(model: keras.Model, images: np.ndarray, batch_size: int, path: Path) -> Path:
+def compute_features(
+    model: keras.Model, images: np.ndarray, batch_size: int, path: Path, should_stop: ShouldStop | None = None
+) -> Path:
     """The base's outputs (preprocessing + base, inference mode) for every image, in order,
     written straight to a memory-mapped .npy so a large dataset never sits in memory twice."""
     extractor = feature_extractor(model)
@@ -184,6 +190,7 @@ def compute_features(model: keras.Model, images: np.ndarray, batch_size: int, pa
         index = np.arange(len(images))
         start = 0
         for x, _ in data.batches(images, np.zeros(len(images), np.int32), index, batch_size):
+            check(should_stop)
             batch = extractor.predict_on_batch(x)
             out[start : start + len(batch)] = batch
             start += len(batch)

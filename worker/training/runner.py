@@ -9,7 +9,8 @@ from worker.training import data
 from worker.training.context import JobContext, JobResult
 from worker.training.evaluate import evaluate
 from worker.training.sessions import open_session
-from worker.training.state import StateStore
+from worker.training.state import Progress, StateStore
+from worker.training.stopping import StopRequested
 from worker.training.train import train
 
 
@@ -26,5 +27,23 @@ def run_job(ctx: JobContext) -> JobResult:
     if ctx.spec.kind == "evaluate":
         return evaluate(ctx, manifest, started)
     states = StateStore(ctx.artifacts, ctx.prefix, ctx.work_dir)
-    session = open_session(ctx, manifest, states)
+    try:
+        session = open_session(ctx, manifest, states)
+    except StopRequested as stop:  # while decoding images or computing features: nothing to save
+        return _stopped_early(ctx, states, stop.reason, started)
     return train(ctx, session, states, started)
+
+
+def _stopped_early(ctx: JobContext, states: StateStore, reason: str, started: float) -> JobResult:
+    progress = states.load() or Progress()
+    return JobResult(
+        outcome="stopped",
+        stop_reason=reason,
+        epochs_run=progress.epoch,
+        best_epoch=progress.best_epoch,
+        metrics=progress.best_metrics(),
+        seconds=time.monotonic() - started,
+        total_params=None,
+        trainable_params=None,
+        checkpoint=f"{ctx.prefix}/best.keras" if progress.best_epoch is not None else None,
+    )

@@ -65,7 +65,7 @@ def open_session(ctx: JobContext, manifest: Manifest, states: StateStore) -> Ses
 
 
 def _images(ctx: JobContext, manifest: Manifest, image_size: int) -> np.ndarray:
-    return data.load_images(ctx.dataset_dir, manifest, "train", image_size, ctx.local_cache_dir)
+    return data.load_images(ctx.dataset_dir, manifest, "train", image_size, ctx.local_cache_dir, ctx.should_stop)
 
 
 def _cache(ctx: JobContext) -> features.FeatureCache:
@@ -80,7 +80,7 @@ def _new_train(ctx: JobContext, manifest: Manifest, labels: np.ndarray, train_id
         images = _images(ctx, manifest, spec.model.image_size)
         return Session(model, model, images, labels, train_idx, val_idx, Progress())
     entry = _cache(ctx).get_or_build(
-        spec, model, manifest.checksum, labels, lambda: _images(ctx, manifest, spec.model.image_size)
+        spec, model, manifest.checksum, labels, lambda: _images(ctx, manifest, spec.model.image_size), ctx.should_stop
     )
     trainer = head_model(model)  # shares the head's layers with `model`
     compile_model(trainer, spec.optimizer)

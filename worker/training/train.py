@@ -5,18 +5,13 @@ the same after a resume) and every epoch ends with a checkpoint of the full trai
 Keras's EarlyStopping/ModelCheckpoint/CSVLogger keep their state in memory for one `fit`, which
 a resumed job does not have; `state.Progress` does their work and is saved with the model.
 
-Stopping mid-epoch: in Keras 3.15 `model.stop_training = True` does break the batch loop, but
-`fit` then still validates and calls `on_epoch_end` for the partial epoch
-(keras/src/backend/tensorflow/trainer.py), which would record half an epoch as a whole one. So
-the stop callback raises instead, and the loop treats the partial epoch as never run: a resumed
-job redoes it from the last saved state.
+A stop request (see stopping.py) abandons the epoch in progress: a resumed job redoes it from
+the last saved state.
 """
 
 from __future__ import annotations
 
 import time
-
-import keras
 
 from worker.training import data
 from worker.training.context import EpochReport, JobContext, JobResult
@@ -24,29 +19,7 @@ from worker.training.logs import EpochLogs
 from worker.training.models import count_params
 from worker.training.sessions import Session
 from worker.training.state import Monitor, StateStore
-
-
-class StopRequested(Exception):
-    """Raised from inside `fit` when the worker asks the job to stop (preemption, cancel)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class StopPoller(keras.callbacks.Callback):
-    """Polls `should_stop` after every training, validation and prediction batch."""
-
-    def __init__(self, should_stop) -> None:
-        super().__init__()
-        self.should_stop = should_stop
-
-    def _poll(self, *args: object, **kwargs: object) -> None:
-        reason = self.should_stop()
-        if reason:
-            raise StopRequested(reason)
-
-    on_train_batch_end = on_test_batch_end = on_predict_batch_end = _poll
+from worker.training.stopping import StopPoller, StopRequested, check
 
 
 def train(ctx: JobContext, session: Session, states: StateStore, started: float) -> JobResult:
@@ -59,11 +32,9 @@ def train(ctx: JobContext, session: Session, states: StateStore, started: float)
     poller = StopPoller(ctx.should_stop)
     try:
         while not progress.finished(spec.epochs):
-            reason = ctx.should_stop()
-            if reason:
-                return _result(ctx, session, "stopped", reason, started)
             epoch_started = time.monotonic()
             try:
+                check(ctx.should_stop)
                 metrics = _fit_one_epoch(ctx, session, validation, poller)
             except StopRequested as stop:
                 return _result(ctx, session, "stopped", stop.reason, started)
