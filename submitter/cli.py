@@ -25,7 +25,9 @@ from submitter.settings import SubmitterSettings
 
 HELP = """spotsweep: run deep-learning studies as a job queue.
 
-Exit codes: 0 success, 1 failure (missing queue/table/bucket, a failed command), 2 bad input."""
+Exit codes: 0 success, 1 failure (missing queue/table/bucket, a failed command), 2 bad input,
+130 interrupted (Ctrl-C, e.g. in `status --watch`). NO_COLOR turns colours off; `--format json`
+outputs are documented by `submit schema`."""
 
 app = typer.Typer(no_args_is_help=True, help=HELP, rich_markup_mode=None)
 dataset_app = typer.Typer(no_args_is_help=True, help="Make, prepare and upload datasets.")
@@ -116,7 +118,11 @@ def study(
         emit(console, frame, fmt, title=f"{plan.study_id}: {plan.job_count} jobs (dry run)")
         say(f"estimate: {plan.estimate}")
         return
-    report = service.submit_study(open_backend(config), spec, config.price_per_hour)
+    from shared.study import job_count
+    from submitter.watch import progress_bar, progress_wanted
+
+    with progress_bar(errors, "submitting", job_count(spec), progress_wanted(State.quiet)) as progress:
+        report = service.submit_study(open_backend(config), spec, config.price_per_hour, progress)
     doc = {"study_id": spec.study_id, "jobs": report.total, "created": report.created, "existing": report.existing, "sent": report.sent}
     if fmt == "json":
         print(json.dumps(doc, indent=2))
@@ -143,12 +149,23 @@ def studies(fmt: str = FormatOption) -> None:
 
 @app.command()
 @handled
-def status(study: Optional[str] = StudyArgument, fmt: str = FormatOption) -> None:
+def status(
+    study: Optional[str] = StudyArgument,
+    fmt: str = FormatOption,
+    watch: bool = typer.Option(False, "--watch", "-w", help="Refresh a live view until the study is finished (Ctrl-C: exit 130)."),
+    interval: float = typer.Option(2.0, "--interval", min=0.1, help="Seconds between refreshes with --watch."),
+) -> None:
     """Counts by state, spend so far, and the running jobs (stale leases flagged)."""
     check_format(fmt)
     backend = open_configured()
     config = settings()
     study_id = service.resolve_study_id(backend, study)
+    if watch:
+        if fmt != "table":
+            raise BadInputError("--watch draws a live table; use it without --format", "--watch")
+        from submitter.watch import watch as watch_status
+
+        raise typer.Exit(watch_status(lambda: service.study_status(backend, study_id, config.stale_threshold_s), console, interval))
     report = service.study_status(backend, study_id, config.stale_threshold_s)
     running = pd.DataFrame(report.running, columns=["job_id", "kind", "architecture", "optimizer", "attempt", "epoch", "epochs", "val_accuracy", "worker", "heartbeat_age_s", "stale"])
     if fmt == "table":
@@ -309,8 +326,10 @@ def dataset_prepare(
 ) -> None:
     """Split into train and a stratified held-out test set, with a checksummed manifest."""
     from shared.datasets import prepare
+    from submitter.watch import progress_bar, progress_wanted
 
-    manifest = prepare(src, out, test_fraction=test_fraction, seed=seed)
+    with progress_bar(errors, "preparing", None, progress_wanted(State.quiet)) as progress:
+        manifest = prepare(src, out, test_fraction=test_fraction, seed=seed, progress=progress)
     train, test = len(manifest.split("train")), len(manifest.split("test"))
     console.print(f"{len(manifest.classes)} classes, {train} train / {test} test images in {out} (checksum {manifest.checksum[:12]})")
 
@@ -323,10 +342,12 @@ def dataset_upload(
 ) -> None:
     """Upload a prepared dataset, skipping files already there with the same checksum."""
     from shared.datasets import upload
+    from submitter.watch import progress_bar, progress_wanted
 
     backend = open_configured()
     prefix = _artifact_prefix(destination, settings().resolved_bucket)
-    report = upload(directory, backend.artifacts, prefix)
+    with progress_bar(errors, "uploading", None, progress_wanted(State.quiet)) as progress:
+        report = upload(directory, backend.artifacts, prefix, progress=progress)
     console.print(f"{report}")
     console.print(f"use \"dataset\": \"{destination}\" in your study file")
 
@@ -338,6 +359,101 @@ def _artifact_prefix(destination: str, bucket: str) -> str:
             raise BadInputError(f"bucket {named_bucket!r} is not the configured bucket {bucket!r}", "DESTINATION")
         return prefix.strip("/")
     return destination.removeprefix("artifacts:").strip("/")
+
+
+# --- report, export, predict, schemas ----------------------------------------------------------
+
+
+@app.command()
+@handled
+def report(
+    study: Optional[str] = StudyArgument,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Directory for the PNGs and report.html (default: report-STUDY)."),
+    top: int = typer.Option(5, "--top", help="Learning curves of the best N configurations."),
+    fmt: str = FormatOption,
+) -> None:
+    """Plots (learning curves, heatmap, accuracy vs cost/time, evaluation, sweeps) and report.html."""
+    check_format(fmt)
+    service.check_top(top)
+    from submitter.report import build_report
+
+    backend = open_configured()
+    study_id = service.resolve_study_id(backend, study)
+    result = build_report(backend, study_id, out or Path(f"report-{study_id}"), top=top)
+    files = [str(f) for f in result.files]
+    if fmt == "json":
+        print(json.dumps({"study_id": study_id, "out": str(result.out_dir), "html": str(result.html), "files": files}, indent=2))
+    elif fmt == "table":
+        for name in files:
+            console.print(name, highlight=False, soft_wrap=True)
+        say(f"open {result.html}")
+    else:
+        emit(console, pd.DataFrame({"file": files}), fmt)  # type: ignore[arg-type]
+
+
+@app.command()
+@handled
+def export(
+    job_id: str = typer.Argument(..., help="A job id (train, finetune, or evaluate: its model)."),
+    out: Path = typer.Option(Path("model.keras"), "--out", "-o", help="A .keras file, or a directory for JOB.keras."),
+    fmt: str = FormatOption,
+) -> None:
+    """Copy a job's best model out of the artifact store, with its class names beside it."""
+    check_format(fmt)
+    from submitter.report import export_model
+
+    result = export_model(open_configured(), job_id, out)
+    if fmt == "json":
+        print(json.dumps({"job_id": result.job_id, "path": str(result.path),
+                          "classes_file": str(result.classes_file) if result.classes_file else None,
+                          "classes": result.classes}, indent=2))
+        return
+    console.print(str(result.path), highlight=False, soft_wrap=True)
+    say(f"classes in {result.classes_file}" if result.classes_file else "class names unknown: the job's dataset is not reachable")
+
+
+@app.command()
+@handled
+def predict(
+    job_id: str = typer.Argument(..., help="A job id: its best model predicts."),
+    images: list[Path] = typer.Argument(..., help="Image files."),
+    top: int = typer.Option(3, "--top", help="Classes per image."),
+    fmt: str = FormatOption,
+) -> None:
+    """Top-k classes with probabilities per image (runs `worker predict`: TensorFlow stays out of `submit`)."""
+    import subprocess
+
+    check_format(fmt)
+    service.check_top(top)
+    command = [sys.executable, "-m", "worker", "predict", "--job", job_id, "--top", str(top), *map(str, images)]
+    if State.backend_name:
+        command += ["--backend", State.backend_name]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.startswith("error:")] or result.stderr.strip().splitlines()[-1:]
+        typer.echo("\n".join(lines) or f"error: worker predict exited {result.returncode}", err=True)
+        raise typer.Exit(result.returncode if result.returncode in (1, 2) else 1)
+    document = json.loads(result.stdout)
+    rows = pd.DataFrame([
+        {"image": p["image"], "rank": i + 1, "class": c["class"], "probability": c["probability"]}
+        for p in document["predictions"] for i, c in enumerate(p["top"])
+    ], columns=["image", "rank", "class", "probability"])
+    emit(console, rows, fmt, document={k: v for k, v in document.items()}, title=f"job {job_id}")  # type: ignore[arg-type]
+
+
+@app.command()
+@handled
+def schema(name: Optional[str] = typer.Argument(None, help="A document name; none: list them.")) -> None:
+    """The JSON Schema of a `--format json` output (shared/schemas.py)."""
+    from shared.schemas import DOCUMENTS
+
+    if name is None:
+        for key, model in DOCUMENTS.items():
+            console.print(f"{key:12s} {(model.__doc__ or '').strip().splitlines()[0]}", highlight=False)
+        return
+    if name not in DOCUMENTS:
+        raise BadInputError(f"unknown document {name!r} (one of {', '.join(DOCUMENTS)})", "NAME")
+    print(json.dumps(DOCUMENTS[name].model_json_schema(by_alias=True), indent=2))
 
 
 def run() -> None:  # pragma: no cover - console script shim

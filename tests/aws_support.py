@@ -62,15 +62,42 @@ def aws_subprocess_env(endpoint: str, base: dict[str, str] | None = None) -> dic
 
 
 # moto's own server (`python -m moto.server`: its DomainDispatcherApplication on werkzeug, threaded),
-# with one difference: requests to every service but SQS are served one at a time. moto evaluates a
-# DynamoDB ConditionExpression or an S3 If-None-Match and then writes, without a lock, so two
-# concurrent conditional writes can both succeed there; on AWS each is atomic. Serializing them
-# makes the emulator as strict as AWS, so that the race tests test our conditions rather than
-# moto's threading. SQS stays concurrent: a long poll must not hold up everyone else.
+# with two differences:
+# 1. Requests to every service but SQS are served one at a time. moto evaluates a DynamoDB
+#    ConditionExpression or an S3 If-None-Match and then writes, without a lock, so two concurrent
+#    conditional writes can both succeed there; on AWS each is atomic. Serializing them makes the
+#    emulator as strict as AWS, so that the race tests test our conditions rather than moto's
+#    threading. SQS stays concurrent: a long poll must not hold up everyone else.
+# 2. TransactWriteItems takes its rollback backup of the table once per transaction instead of once
+#    per item (moto 5 deep-copies the whole table for every item: O(items x table size), minutes for
+#    a 2,000-job submission). The backups are taken before anything is written, so one copy is the
+#    same backup.
 SERVER_CODE = r"""
-import re, sys, threading
+import copy, re, sys, threading, types
 from werkzeug.serving import run_simple
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+import moto.dynamodb.models as dynamodb_models
+
+_transact = dynamodb_models.DynamoDBBackend.transact_write_items
+
+def transact_write_items(self, transact_items):
+    tables, backups = list(self.tables.values()), {}
+
+    def deepcopy(obj, memo=None):
+        if any(obj is table for table in tables):
+            if id(obj) not in backups:
+                backups[id(obj)] = copy.deepcopy(obj, memo)
+            return backups[id(obj)]
+        return copy.deepcopy(obj, memo)
+
+    dynamodb_models.copy = types.SimpleNamespace(deepcopy=deepcopy)
+    try:
+        return _transact(self, transact_items)
+    finally:
+        dynamodb_models.copy = copy
+
+if hasattr(dynamodb_models, "copy"):
+    dynamodb_models.DynamoDBBackend.transact_write_items = transact_write_items
 
 app = DomainDispatcherApplication(create_backend_app)
 lock = threading.Lock()

@@ -28,3 +28,6 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def local_backend(tmp_path: Path) -> Backend:
     return open_local(BackendConfig(home=tmp_path / "home", lease_s=3.0, max_receives=3))
+
+
+from tests.aws_support import moto_endpoint  # noqa: E402,F401  (moto's server, started on first use)

@@ -137,3 +137,29 @@ def _strip_concurrency(argv: list[str]) -> list[str]:
         elif not arg.startswith("--concurrency="):
             out.append(arg)
     return out
+
+
+@app.command()
+def predict(
+    images: list[Path] = typer.Argument(..., help="Image files (PNG, JPEG, GIF, BMP)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="A .keras model (e.g. from `submit export`)."),
+    job: Optional[str] = typer.Option(None, "--job", help="A job id: its best checkpoint, and its dataset's class names."),
+    classes_from: Optional[Path] = typer.Option(None, "--classes-from", help="A prepared dataset dir or a classes JSON file."),
+    top: int = typer.Option(3, "--top", min=1, help="Classes per image."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="local or aws (with --job; default: SPOTSWEEP_BACKEND)."),
+) -> None:
+    """Top-k classes with probabilities for each image, as JSON (the model loads with safe_mode=True)."""
+    import json
+
+    from worker.predict import run as run_predict  # TensorFlow loads here
+
+    settings = _settings(**({"backend": backend} if backend else {}))
+    try:
+        document = run_predict(lambda: open_backend(settings), model, job, classes_from, list(images), top)
+    except BadInputError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except SpotsweepError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    print(json.dumps(document, indent=2))

@@ -179,9 +179,9 @@ def _ensure_queue(sqs: Any, name: str, region: str, attributes: dict[str, str]) 
                 have.get("maxReceiveCount", 0)
             ) != int(wanted["maxReceiveCount"]):
                 note = " (warning: its redrive policy differs from the configuration; left as it is)"
-        return url, f"found SQS queue {name} ({url}){note}"
+        return url, f"found SQS queue {name}{note}"
     url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
-    return url, f"created SQS queue {name} ({url})"
+    return url, f"created SQS queue {name}"
 
 
 def _ensure_table(dynamodb: Any, name: str, region: str) -> str:

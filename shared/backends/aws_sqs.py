@@ -244,30 +244,53 @@ class SqsJobQueue:
 
     @aws_errors
     def dead_letters(self, limit: int = 100) -> list[str]:
-        """Peek: receive the DLQ's messages (hiding each for a few seconds so that the next page
-        shows others), then make them all visible again at once. Oldest first by SentTimestamp."""
-        found: dict[str, tuple[int, str]] = {}
+        return [message["Body"] for message in self._peek_dead(limit)]
+
+    @aws_errors
+    def dead_letter_reasons(self, limit: int = 100) -> list[tuple[str, str]]:
+        """(body, reason) of the dead letters, oldest first; "max receives exceeded" for those that
+        SQS's redrive moved there."""
+        return [
+            (
+                message["Body"],
+                message.get("MessageAttributes", {})
+                .get(REASON_ATTRIBUTE, {})
+                .get("StringValue", "max receives exceeded"),
+            )
+            for message in self._peek_dead(limit)
+        ]
+
+    def _peek_dead(self, limit: int) -> list[dict[str, Any]]:
+        """The DLQ's messages without removing them, oldest first (by SentTimestamp).
+
+        SQS has no peek: receive them (each hidden for a few seconds, so that the next page shows
+        others), then make them all visible again at once."""
+        total = sum(self._attributes(self.dlq_url)[name] for name in (
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"))
+        if total == 0 or limit <= 0:
+            return []
+        found: dict[str, dict[str, Any]] = {}
         receipts: list[str] = []
         try:
-            while len(found) < limit:
+            while len(found) < min(limit, total):
                 response = self.client.receive_message(
                     QueueUrl=self.dlq_url,
                     MaxNumberOfMessages=max(1, min(BATCH, limit - len(found))),
                     WaitTimeSeconds=0 if receipts else 1,  # the first call asks every SQS host
                     VisibilityTimeout=PEEK_VISIBILITY_S,
                     MessageSystemAttributeNames=["SentTimestamp"],
+                    MessageAttributeNames=[REASON_ATTRIBUTE],
                 )
                 messages = response.get("Messages", [])
                 if not messages:
                     break
                 for message in messages:
                     receipts.append(message["ReceiptHandle"])
-                    sent = int(message.get("Attributes", {}).get("SentTimestamp", 0))
-                    found.setdefault(message["MessageId"], (sent, message["Body"]))
+                    found.setdefault(message["MessageId"], message)
         finally:
             self._unhide(receipts)
-        ordered = sorted(found.values(), key=lambda item: item[0])  # stable: ties keep receive order
-        return [body for _, body in ordered[:limit]]
+        ordered = sorted(found.values(), key=lambda m: int(m.get("Attributes", {}).get("SentTimestamp", 0)))
+        return ordered[:limit]  # sorted() is stable: equal timestamps keep the receive order
 
     def _unhide(self, receipts: list[str]) -> None:
         for start in range(0, len(receipts), BATCH):
@@ -276,30 +299,6 @@ class SqsJobQueue:
                 QueueUrl=self.dlq_url,
                 Entries=[{"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": 0} for i, r in enumerate(chunk)],
             )
-
-    def dead_letter_reasons(self, limit: int = 100) -> list[tuple[str, str]]:
-        """(body, reason) pairs of the DLQ (a convenience for reports; same peek as `dead_letters`)."""
-        pairs: list[tuple[str, str]] = []
-        receipts: list[str] = []
-        try:
-            while len(pairs) < limit:
-                response = self.client.receive_message(
-                    QueueUrl=self.dlq_url,
-                    MaxNumberOfMessages=max(1, min(BATCH, limit - len(pairs))),
-                    WaitTimeSeconds=0 if receipts else 1,
-                    VisibilityTimeout=PEEK_VISIBILITY_S,
-                    MessageAttributeNames=[REASON_ATTRIBUTE],
-                )
-                messages = response.get("Messages", [])
-                if not messages:
-                    break
-                for message in messages:
-                    receipts.append(message["ReceiptHandle"])
-                    attribute = message.get("MessageAttributes", {}).get(REASON_ATTRIBUTE, {})
-                    pairs.append((message["Body"], attribute.get("StringValue", "max receives exceeded")))
-        finally:
-            self._unhide(receipts)
-        return pairs
 
     def __repr__(self) -> str:
         return f"SqsJobQueue({self._name!r})"

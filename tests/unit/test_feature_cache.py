@@ -19,7 +19,9 @@ from worker.training.features import FeatureCache, applies, entry_key
 from worker.training.models import build_model, count_params, find_base, load_model, weights_checksum
 
 HEAD = {"units": 16}
-TOLERANCE = 1e-3
+# On one host both paths do the same float32 arithmetic and agree exactly; a layer of the base
+# left in training mode (EfficientNet's Dropout) shows up as differences of 1e-5 and more.
+TOLERANCE = 2e-6
 
 
 def transfer_spec(architecture: str, cache: bool, **training):
@@ -73,8 +75,8 @@ def test_mobilenet_head_on_cached_features_matches_training_through_the_base_eve
     images = data.load_images(tiny_dataset, manifest, "train", 32, tmp_path / "check-cache")
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     scores = model.evaluate(images[val_idx].astype("float32"), labels[val_idx], return_dict=True, verbose=0)
-    assert scores["accuracy"] == pytest.approx(resumed.metrics["val_accuracy"], abs=TOLERANCE)
-    assert scores["loss"] == pytest.approx(resumed.metrics["val_loss"], abs=TOLERANCE)
+    assert scores["accuracy"] == pytest.approx(resumed.metrics["val_accuracy"], abs=1e-4)
+    assert scores["loss"] == pytest.approx(resumed.metrics["val_loss"], abs=1e-4)
 
 
 @pytest.mark.slow

@@ -1,0 +1,338 @@
+"""`submit report`: a study's plots (PNG) and one self-contained HTML page with its leaderboard;
+`submit export`: a job's best checkpoint copied out of the artifact store.
+
+Everything here reads the store and the artifact store only; no TensorFlow. Missing data (no
+finished jobs yet, no evaluations) gives a page that says so, never an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from shared.backends.factory import Backend
+from shared.errors import BadInputError, NotFoundError
+from shared.jobs import JobRecord
+from shared.ports import ArtifactStore
+from shared.status import JobStatus
+from submitter import plots
+from submitter.leaderboard import job_row, leaderboard, matrix
+
+HTML_NAME = "report.html"
+SWEPT = ("batch_size", "data_fraction")  # one plot each when the study tried more than one value
+TABLE_COLUMNS = [
+    "rank", "job_id", "kind", "status", "architecture", "optimizer", "optimizer_params", "batch_size",
+    "data_fraction", "val_accuracy", "std", "repeats", "test_accuracy", "best_epoch", "epochs_run",
+    "train_seconds", "cost_usd",
+]
+MAX_TABLE_ROWS = 200
+
+
+# --- reading artifacts -------------------------------------------------------------------------
+
+
+def artifact_key(artifacts: ArtifactStore, location: str) -> str | None:
+    """The store key of a location recorded in a job record (`artifacts.uri(key)`: a file path
+    for the embedded backend, s3://bucket/key on AWS), or None if it is not in this store."""
+    if location.startswith("s3://"):
+        bucket, _, key = location.removeprefix("s3://").partition("/")
+        root = getattr(artifacts, "prefix", "")
+        if bucket != getattr(artifacts, "bucket", None) or not isinstance(root, str) or not key.startswith(root):
+            return None
+        return key.removeprefix(root)
+    path = Path(location)
+    if path.is_absolute():
+        root = getattr(artifacts, "root", None)
+        if root is None:
+            return None
+        try:
+            return path.resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            return None
+    return location  # already a key
+
+
+def read_artifact(artifacts: ArtifactStore, location: str) -> bytes:
+    """Bytes of a recorded artifact: through the store when it is one of its keys, else a local file."""
+    key = artifact_key(artifacts, location)
+    if key is not None:
+        return artifacts.get_bytes(key)
+    path = Path(location)
+    if not location.startswith("s3://") and path.is_file():
+        return path.read_bytes()
+    raise NotFoundError(f"artifact {location} is not in this artifact store")
+
+
+# --- export ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Export:
+    job_id: str
+    path: Path
+    classes_file: Path | None
+    classes: list[str] | None
+
+
+def dataset_classes(dataset: str, artifacts: ArtifactStore) -> list[str]:
+    """The class names (index = label) of a job's dataset: a prepared directory or a store prefix."""
+    from shared.datasets import fetch_manifest, load_manifest, store_prefix
+
+    if dataset.startswith(("s3://", "artifacts:")):
+        return list(fetch_manifest(artifacts, store_prefix(dataset, artifacts)).classes)
+    return list(load_manifest(Path(dataset).expanduser()).classes)
+
+
+def export_model(backend: Backend, job_id: str, out: Path) -> Export:
+    """Copy the job's best checkpoint to `out` (a .keras file, or a directory to put
+    `<job>.keras` in) with `<name>.classes.json` beside it: the class names, image size and job."""
+    record = backend.store.find_job(job_id)
+    if record is None:
+        raise BadInputError(f"unknown job {job_id!r}", "JOB")
+    if not record.checkpoint:
+        raise NotFoundError(f"job {job_id} has no checkpoint yet (status {record.status.value})")
+    out = Path(out)
+    if out.is_dir():
+        out = out / f"{record.job_id}.keras"
+    if out.suffix != ".keras":
+        raise BadInputError(f"{out} must end in .keras (Keras loads models by their extension)", "--out")
+    key = artifact_key(backend.artifacts, record.checkpoint)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if key is not None:
+        backend.artifacts.get_file(key, out)
+    else:
+        out.write_bytes(read_artifact(backend.artifacts, record.checkpoint))
+    try:
+        classes: list[str] | None = dataset_classes(record.spec.dataset, backend.artifacts)
+    except (NotFoundError, BadInputError, OSError):
+        classes = None  # the dataset moved: the model is still exported, without names
+    classes_file = None
+    if classes is not None:
+        classes_file = out.with_name(out.stem + ".classes.json")
+        classes_file.write_text(json.dumps({
+            "job_id": record.job_id, "study_id": record.study_id, "classes": classes,
+            "image_size": record.spec.model.image_size, "architecture": record.spec.model.architecture,
+            "dataset": record.spec.dataset,
+        }, indent=1))
+    return Export(record.job_id, out, classes_file, classes)
+
+
+# --- the report --------------------------------------------------------------------------------
+
+
+@dataclass
+class Section:
+    title: str
+    images: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    table_html: str | None = None
+
+
+@dataclass
+class Report:
+    study_id: str
+    out_dir: Path
+    files: list[Path]
+    html: Path
+    data: dict[str, Any]  # what each plot drew, by plot name (for checks)
+
+
+def _finished_runs(records: Sequence[JobRecord]) -> list[JobRecord]:
+    return [
+        r for r in records
+        if r.status == JobStatus.SUCCEEDED and r.kind in ("train", "finetune") and r.metrics.val_accuracy is not None
+    ]
+
+
+def epoch_frame(backend: Backend, record: JobRecord) -> pd.DataFrame:
+    """One row per epoch (the latest attempt's row when an epoch was redone)."""
+    rows: dict[int, tuple[int, dict[str, float]]] = {}
+    for epoch in backend.store.epochs(record.study_id, record.job_id):
+        if epoch.epoch not in rows or epoch.attempt >= rows[epoch.epoch][0]:
+            rows[epoch.epoch] = (epoch.attempt, {"epoch": epoch.epoch, **epoch.metrics})
+    return pd.DataFrame([rows[e][1] for e in sorted(rows)])
+
+
+def build_report(
+    backend: Backend, study_id: str, out_dir: Path, top: int = 5, row: str = "architecture", column: str = "optimizer"
+) -> Report:
+    """Write the study's plots and report.html into `out_dir`; return what was written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study = backend.store.get_study(study_id)
+    records = backend.store.list_jobs(study_id)
+    finished = _finished_runs(records)
+    sections: list[Section] = []
+    data: dict[str, Any] = {}
+    files: list[Path] = []
+
+    def add(section: Section, name: str, drawn: Any) -> None:
+        path = out_dir / f"{name}.png"
+        section.images.append(path)
+        files.append(path)
+        data[name] = drawn
+
+    board = Section("Leaderboard")
+    frame = leaderboard(records)
+    if frame.empty:
+        board.notes.append("no jobs in this study")
+    else:
+        shown = frame[TABLE_COLUMNS].head(MAX_TABLE_ROWS)
+        board.table_html = shown.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4f}", classes="board", border=0)
+        if len(frame) > MAX_TABLE_ROWS:
+            board.notes.append(f"the best {MAX_TABLE_ROWS} of {len(frame)} configurations")
+    if not finished:
+        board.notes.append("no finished jobs yet: the plots appear once training jobs have succeeded")
+    sections.append(board)
+
+    if finished:
+        sections.append(_curves(backend, records, top, out_dir, add))
+        sections.append(_heatmap(records, row, column, out_dir, add))
+        sections.append(_tradeoffs(finished, out_dir, add))
+        sweeps = _sweeps(finished, out_dir, add)
+        if sweeps is not None:
+            sections.append(sweeps)
+    sections.append(_evaluation(backend, records, out_dir, add))
+
+    page = out_dir / HTML_NAME
+    page.write_text(_html(study_id, study.name if study else study_id, records, sections))
+    files.append(page)
+    return Report(study_id, out_dir, files, page, data)
+
+
+def _label(position: int, record: JobRecord) -> str:
+    spec = record.spec
+    return f"#{position} {spec.model.architecture}/{spec.optimizer.name} bs{spec.training.batch_size} {record.job_id[:8]}"
+
+
+def _curves(backend: Backend, records: Sequence[JobRecord], top: int, out_dir: Path, add: Any) -> Section:
+    section = Section(f"Learning curves of the top {top}")
+    ranked = leaderboard([r for r in _finished_runs(records)], top=top)
+    by_id = {r.job_id: r for r in records}
+    curves = {}
+    for position, job_id in zip(ranked["rank"], ranked["job_id"]):
+        epochs = epoch_frame(backend, by_id[job_id])
+        if len(epochs):
+            curves[_label(int(position), by_id[job_id])] = epochs
+    if not curves:
+        section.notes.append("no per-epoch metrics recorded for the best jobs")
+        return section
+    add(section, "learning_curves", plots.learning_curves(curves, out_dir / "learning_curves.png"))
+    return section
+
+
+def _heatmap(records: Sequence[JobRecord], row: str, column: str, out_dir: Path, add: Any) -> Section:
+    section = Section(f"Best val_accuracy: {row} x {column}")
+    grid = matrix(records, row, column, metric="val_accuracy")
+    if grid.empty or len(grid.columns) < 2:
+        section.notes.append("no validation accuracy recorded yet")
+        return section
+    section.notes.append(f"the values of `submit leaderboard --matrix {row} {column}`; n/a: no job of that pair")
+    add(section, "heatmap", plots.heatmap(grid, row, column, out_dir / "heatmap.png"))
+    return section
+
+
+def _tradeoffs(finished: Sequence[JobRecord], out_dir: Path, add: Any) -> Section:
+    section = Section("Accuracy against cost and time (Pareto front circled)")
+    frame = pd.DataFrame([job_row(r) for r in finished])
+    for name, x, label in (("pareto_cost", "cost_usd", "cost (USD)"), ("pareto_time", "train_seconds", "train seconds")):
+        add(section, name, plots.scatter_pareto(frame, x, out_dir / f"{name}.png", xlabel=label))
+    if not frame["cost_usd"].any():
+        section.notes.append("every cost is 0: no price per hour was known (set SPOTSWEEP_PRICE_PER_HOUR)")
+    return section
+
+
+def _sweeps(finished: Sequence[JobRecord], out_dir: Path, add: Any) -> Section | None:
+    frame = pd.DataFrame([job_row(r) for r in finished if r.kind == "train"])
+    swept = [p for p in SWEPT if len(frame) and frame[p].nunique() > 1]
+    if not swept:
+        return None
+    section = Section("Accuracy and time per setting")
+    for parameter in swept:
+        add(section, f"sweep_{parameter}", plots.sweep(frame, parameter, out_dir / f"sweep_{parameter}.png"))
+    return section
+
+
+def _evaluation(backend: Backend, records: Sequence[JobRecord], out_dir: Path, add: Any) -> Section:
+    section = Section("Test-set evaluation")
+    evaluated = [
+        r for r in records
+        if r.kind == "evaluate" and r.status == JobStatus.SUCCEEDED and r.metrics.test_accuracy is not None
+    ]
+    if not evaluated:
+        section.notes.append("no evaluations yet: run `submit evaluate STUDY` once training has finished")
+        return section
+    best = max(evaluated, key=lambda r: (r.metrics.test_accuracy, r.job_id))
+    parent = best.spec.parent_job_id or "?"
+    section.notes.append(
+        f"best evaluated model: job {best.job_id} (model of job {parent}, {best.spec.model.architecture}/"
+        f"{best.spec.optimizer.name}): test accuracy {best.metrics.test_accuracy:.4f}"
+        + (f", test loss {best.metrics.test_loss:.4f}" if best.metrics.test_loss is not None else "")
+    )
+    try:
+        confusion = json.loads(read_artifact(backend.artifacts, best.artifacts["confusion_matrix"]))
+        add(section, "confusion_matrix", plots.confusion(
+            confusion["classes"], confusion["matrix"], out_dir / "confusion_matrix.png", f"confusion matrix (job {best.job_id[:8]})"
+        ))
+    except (KeyError, NotFoundError, BadInputError, ValueError, TypeError) as exc:
+        section.notes.append(f"confusion matrix unavailable: {_reason(exc)}")
+    try:
+        accuracy = json.loads(read_artifact(backend.artifacts, best.artifacts["per_class_accuracy"]))
+        add(section, "per_class_accuracy", plots.per_class(accuracy, out_dir / "per_class_accuracy.png"))
+    except (KeyError, NotFoundError, BadInputError, ValueError, TypeError, AttributeError) as exc:
+        section.notes.append(f"per-class accuracy unavailable: {_reason(exc)}")
+    return section
+
+
+def _reason(exc: Exception) -> str:
+    return f"no {exc.args[0]} artifact recorded" if isinstance(exc, KeyError) else str(exc) or type(exc).__name__
+
+
+# --- HTML ----------------------------------------------------------------------------------------
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { margin-bottom: 0.2em; } .meta { color: #666; }
+section { margin: 2em 0; } img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; display: block; }
+.note { background: #f6f6f6; border-left: 4px solid #999; padding: 0.4em 0.8em; }
+table.board { border-collapse: collapse; font-size: 0.8em; } .board th, .board td { padding: 2px 6px; border-bottom: 1px solid #eee; }
+.board th { text-align: left; background: #fafafa; } .board td { font-variant-numeric: tabular-nums; }
+"""
+
+
+def _img(path: Path) -> str:
+    encoded = base64.b64encode(path.read_bytes()).decode()
+    name = html.escape(path.name)
+    return (f'<figure><img src="data:image/png;base64,{encoded}" alt="{name}" data-file="{name}">'
+            f'<figcaption><a href="{name}">{name}</a></figcaption></figure>')
+
+
+def _html(study_id: str, name: str, records: Sequence[JobRecord], sections: Sequence[Section]) -> str:
+    counts = pd.Series([r.status.value for r in records], dtype=object).value_counts().to_dict()
+    summary = ", ".join(f"{count} {status.lower()}" for status, count in sorted(counts.items())) or "no jobs"
+    spend = sum(r.cost_usd for r in records)
+    seconds = sum(r.train_seconds for r in records)
+    parts = [
+        "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>spotsweep report: {html.escape(name)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{html.escape(name)}</h1>",
+        f'<p class="meta">study {html.escape(study_id)} &middot; {len(records)} jobs ({html.escape(summary)}) &middot; '
+        f"spend ${spend:.4f} &middot; {seconds:.0f} s of training &middot; generated {time.strftime('%Y-%m-%d %H:%M:%S')}</p>",
+    ]
+    for section in sections:
+        parts.append(f"<section><h2>{html.escape(section.title)}</h2>")
+        parts.extend(f'<p class="note">{html.escape(note)}</p>' for note in section.notes)
+        parts.extend(_img(path) for path in section.images)
+        if section.table_html:
+            parts.append(section.table_html)
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
