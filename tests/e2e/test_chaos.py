@@ -46,8 +46,10 @@ EPOCHS = 5
 WORKERS = 3
 LEASE_S = 6  # a killed worker's job is taken over within ~lease + margin
 MAX_RECEIVES = 10  # kills count as receives on SQS too; leave room so no job is dead-lettered by chaos
-KILLS = 8  # SIGKILLs in all, one every 3-8 s
+KILLS = 6  # SIGKILLs in all, one every 3-8 s
 KILL_EVERY_S = (3.0, 8.0)
+ANY_MOMENT = 0.25  # the share of kills that hit whatever a busy worker is doing (often its first epoch)
+GRACE_S = 30.0  # how long any other due kill waits for a job past its first checkpoint
 CHAOS_TIMEOUT_S = {"local": 360, "aws": 420}
 
 
@@ -135,31 +137,40 @@ def worker_id(process: subprocess.Popen) -> str:
 
 
 def run_chaos(fleet: Fleet, backend: Backend, study_id: str, rng: random.Random, timeout_s: float) -> list[dict[str, Any]]:
-    """Kill a random busy worker every 3-8 s (KILLS in all) and start one in its place, until every
-    job is finished. Returns what each kill interrupted."""
+    """SIGKILL a random busy worker every 3-8 s (KILLS in all) and start one in its place, until
+    every job is finished. Returns what each kill interrupted.
+
+    When a kill is due, the victim is drawn among all the busy workers (ANY_MOMENT of the kills),
+    or else among those whose job has a checkpoint and epochs still to run, the case resumption is
+    about (falling back to any busy worker after GRACE_S). A worker still importing TensorFlow is
+    never an interesting victim: on a busy CI machine a job's first epoch (loading, tracing) takes
+    far longer than the others, so uniformly random kills would rarely land after a checkpoint."""
     kills: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout_s
-    next_kill = time.monotonic() + rng.uniform(*KILL_EVERY_S)
+    due = time.monotonic() + rng.uniform(*KILL_EVERY_S)
+    any_moment = rng.random() < ANY_MOMENT
     while time.monotonic() < deadline:
         jobs = backend.store.list_jobs(study_id)
         if jobs and all(j.status.finished for j in jobs):
             return kills
         fleet.reap()
-        if len(kills) < KILLS and time.monotonic() >= next_kill:
-            owners = {j.lease_owner: j for j in jobs if j.status == JobStatus.RUNNING}
+        now = time.monotonic()
+        if len(kills) < KILLS and now >= due:
+            owners = {j.lease_owner: j for j in jobs if j.status == JobStatus.RUNNING and (j.lease_expires_at or 0) > time.time()}
             busy = [p for p in fleet.live if worker_id(p) in owners]
-            if busy:  # a worker still importing TensorFlow is no interesting victim
-                victim = rng.choice(busy)
+            ripe = [p for p in busy if 1 <= owners[worker_id(p)].epochs_run < EPOCHS]
+            pool = busy if any_moment or now >= due + GRACE_S else ripe
+            if pool:
+                victim = rng.choice(pool)
                 job = owners[worker_id(victim)]
                 fleet.kill(victim)
                 kills.append({"job_id": job.job_id, "attempt": job.attempt, "epochs_run": job.epochs_run, "at": time.time()})
                 fleet.start(1)
-                next_kill = time.monotonic() + rng.uniform(*KILL_EVERY_S)
-            else:
-                next_kill = time.monotonic() + 0.5
+                due = time.monotonic() + rng.uniform(*KILL_EVERY_S)
+                any_moment = rng.random() < ANY_MOMENT
         if not fleet.live:  # every worker left on its own while work remains: never let the study stall
             fleet.start(1)
-        time.sleep(0.3)
+        time.sleep(0.2)
     states = Counter(j.status.value for j in backend.store.list_jobs(study_id))
     pytest.fail(f"the study did not finish within {timeout_s} s: {dict(states)}, {len(kills)} kills, queue {backend.queue.counts()}")
 
@@ -194,8 +205,8 @@ def test_chaos_every_job_succeeds_exactly_once_and_resumes(setup: Setup, tmp_pat
         fleet.exited += list(zip(fleet.live, codes))
         fleet.live.clear()
         # A final set of workers: nothing is left to do, and they say so.
-        final = start_workers(env, 2, "--until-empty", "--log-format", "json", log_dir=logs / "final")
-        assert wait_all(final, timeout_s=120) == [0, 0]
+        final = start_workers(env, 1, "--until-empty", "--log-format", "json", log_dir=logs / "final")
+        assert wait_all(final, timeout_s=120) == [0]
     finally:
         for process in fleet.live:
             process.kill()
@@ -252,8 +263,8 @@ def test_chaos_every_job_succeeds_exactly_once_and_resumes(setup: Setup, tmp_pat
     after_checkpoint = [k for k in kills if k["epochs_run"] >= 1]
     # A job resumed: a later attempt wrote its epochs, starting after epoch 1 (from a checkpoint).
     resumed = sum(1 for job_id in job_ids if any(min(v) > 1 for a, v in written[job_id].items() if a > 1))
-    assert resumed >= 1 or not after_checkpoint, (kills, {j: dict(w) for j, w in written.items()})
+    assert after_checkpoint and resumed >= 1, (kills, {j: dict(w) for j, w in written.items()})
 
     print(f"\nCHAOS kills={len(kills)} resumed={resumed} epochs_redone={redone} duplicates={duplicates}"
           f" | backend={backend.name} kills_after_checkpoint={len(after_checkpoint)} resumptions={resumptions}"
-          f" attempts={sum(attempts.values())} workers_started={fleet.started + 2} chaos_s={chaos_s:.0f}")
+          f" attempts={sum(attempts.values())} workers_started={fleet.started + 1} chaos_s={chaos_s:.0f}")

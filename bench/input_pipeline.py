@@ -1,0 +1,95 @@
+"""The input pipeline (decoded uint8 cache + tf.data batches) vs Keras's legacy
+`ImageDataGenerator.flow_from_directory`, on the same train folder, same batch and image size.
+
+Both are consumed fully, batch by batch. Epoch 1 of the pipeline includes decoding every image
+into its (fresh, empty) cache; later epochs read the cache. The legacy generator decodes every
+image again in every epoch.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import Dataset, Row, ratio
+
+IMAGE_SIZE, BATCH, LATER_EPOCHS = 96, 16, 3
+
+
+def legacy_generator(train_dir: Path):
+    """(the generator, its label). Falls back to a non-cached tf.data pipeline if Keras lacks it."""
+    try:
+        from keras.src.legacy.preprocessing.image import ImageDataGenerator
+    except ImportError:
+        ImageDataGenerator = None
+    if ImageDataGenerator is not None:
+        gen = ImageDataGenerator().flow_from_directory(
+            str(train_dir), target_size=(IMAGE_SIZE, IMAGE_SIZE), batch_size=BATCH,
+            class_mode="sparse", shuffle=False,
+        )
+
+        def epoch() -> int:
+            seen = 0
+            for _ in range(len(gen)):
+                x, _y = next(gen)
+                seen += len(x)
+            return seen
+
+        return epoch, "keras.src.legacy ImageDataGenerator.flow_from_directory"
+    import tensorflow as tf
+
+    ds = tf.keras.utils.image_dataset_from_directory(
+        str(train_dir), image_size=(IMAGE_SIZE, IMAGE_SIZE), batch_size=BATCH, shuffle=False
+    )
+
+    def epoch() -> int:
+        return sum(int(x.shape[0]) for x, _y in ds)
+
+    return epoch, "ImageDataGenerator ABSENT: image_dataset_from_directory without cache (re-decodes)"
+
+
+def pipeline(dataset: Dataset, cache_dir: Path):
+    from worker.training import data
+
+    manifest = data.load_manifest(dataset.prepared)
+    labels = data.split_files(manifest, "train").labels
+
+    def epoch() -> int:
+        images = data.load_images(dataset.prepared, manifest, "train", IMAGE_SIZE, cache_dir)
+        order = np.arange(len(labels))
+        seen = 0
+        for x, _y in data.batches(images, labels, order, BATCH):
+            seen += int(x.shape[0])
+        return seen
+
+    return epoch
+
+
+def measure(epoch, epochs: int) -> list[float]:
+    """images/s of each epoch."""
+    rates = []
+    for _ in range(epochs):
+        started = time.perf_counter()
+        n = epoch()
+        rates.append(n / (time.perf_counter() - started))
+    return rates
+
+
+def run(workdir: Path, dataset: Dataset) -> list[Row]:
+    legacy_epoch, legacy_label = legacy_generator(dataset.prepared / "train")
+    ours_epoch = pipeline(dataset, workdir / "decoded")
+    legacy = measure(legacy_epoch, 1 + LATER_EPOCHS)
+    ours = measure(ours_epoch, 1 + LATER_EPOCHS)
+    first = ratio(legacy[0], ours[0])  # rates: ours/legacy
+    first = ours[0] / legacy[0]
+    later_ours, later_legacy = statistics.mean(ours[1:]), statistics.mean(legacy[1:])
+    later = later_ours / later_legacy
+    setup = f"{IMAGE_SIZE}px batch {BATCH}, vs {legacy_label}"
+    return [
+        Row("input pipeline: epoch 1 (images/s)", ours[0], legacy[0], "img/s", first, "(info)", None, setup),
+        Row(f"input pipeline: later epochs, mean of {LATER_EPOCHS} (images/s)", later_ours, later_legacy, "img/s",
+            later, ">= 10x", later >= 10, setup, {"ours": ours, "legacy": legacy}),
+    ]
