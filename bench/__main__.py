@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench.common import Row, make_dataset  # noqa: E402
 
-COMPARISONS = ["feature_cache", "input_pipeline", "sync", "submission"]
+COMPARISONS = ["input_pipeline", "sync", "submission", "feature_cache"]
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
@@ -85,7 +85,11 @@ def main(argv: list[str]) -> int:
             t0 = time.perf_counter()
             try:
                 module = importlib.import_module(f"bench.{name}")
-                rows += module.run(workdir / name, dataset)
+                new = module.run(workdir / name, dataset)
+                rows += new
+                for row in new:
+                    print(f"[bench]   {row.comparison}: {fmt(row.measured, row.unit)} vs {fmt(row.baseline, row.unit)} "
+                          f"({met_text(row)})", flush=True)
             except Exception as exc:  # noqa: BLE001  one broken comparison must not hide the others
                 traceback.print_exc()
                 rows.append(Row(f"{name}: FAILED", float("nan"), float("nan"), "", None, "-", False, f"{exc!r:.200}"))
