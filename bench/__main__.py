@@ -1,6 +1,7 @@
 """Run every comparison in this process, print the table of ratios, write bench/results.json.
 
 Exit status 0 even when a target is missed (this is a report); misses are printed as MISSED.
+`python -m bench NAME...` runs only those comparisons (and writes bench/results-NAME....json).
 """
 
 from __future__ import annotations
@@ -107,12 +108,13 @@ def main(argv: list[str]) -> int:
     print_table(rows)
     missed = [r.comparison for r in rows if r.met is False]
     print(f"total {total:.0f}s; " + (f"MISSED: {len(missed)} target(s): {'; '.join(missed)}" if missed else "all targets met"))
-    RESULTS.write_text(json.dumps({
+    results = RESULTS if not argv else RESULTS.with_name(f"results-{'-'.join(only)}.json")  # a partial run keeps the full one
+    results.write_text(json.dumps({
         "host": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "seconds": total, "seconds_by_comparison": timings,
         "rows": [r.as_json() for r in rows], "missed": missed,
     }, indent=2, default=str))
-    print(f"wrote {RESULTS}")
+    print(f"wrote {results}")
     return 0
 
 

@@ -110,7 +110,7 @@ def study(
     if dry_run:
         backend = open_backend(config) if config.backend == "local" and config.home.exists() else None
         plan = service.plan_study(spec, backend, config.price_per_hour)
-        frame = pd.DataFrame([{**j, "optimizer_params": json.dumps(j["optimizer_params"])} for j in plan.jobs])
+        frame = service.plan_frame(plan.jobs)
         doc = {"study_id": plan.study_id, "name": spec.name, "job_count": plan.job_count, "estimate": plan.estimate, "dry_run": True}
         if fmt == "json":
             print(json.dumps({**doc, "jobs": plan.jobs}, indent=2))

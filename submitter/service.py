@@ -75,6 +75,18 @@ def job_parameters(job: Any) -> dict[str, Any]:
     }
 
 
+def plan_frame(jobs: list[dict[str, Any]]) -> "pd.DataFrame":
+    """The dry run as a table: only the columns and optimizer parameters that vary across jobs."""
+    import pandas as pd
+
+    varying = {k for j in jobs for k, v in j["optimizer_params"].items() if any(o["optimizer_params"].get(k) != v for o in jobs)}
+    rows = [{**{k: v for k, v in j.items() if k != "optimizer_params"},
+             "params": " ".join(f"{k}={v}" for k, v in sorted(j["optimizer_params"].items()) if k in varying)} for j in jobs]
+    frame = pd.DataFrame(rows)
+    fixed = [c for c in frame.columns if c not in ("job_id", "architecture", "optimizer") and frame[c].astype(str).nunique() <= 1]
+    return frame.drop(columns=fixed)
+
+
 def estimate_cost(spec: StudySpec, backend: Backend | None, price_per_hour: float | None) -> dict[str, Any]:
     """Seconds per epoch observed for these architectures in earlier studies, times epochs and jobs."""
     observed = observed_seconds_per_epoch(backend) if backend else {}

@@ -49,7 +49,7 @@ MAX_RECEIVES = 10  # kills count as receives on SQS too; leave room so no job is
 KILLS = 6  # SIGKILLs in all, one every 3-8 s
 KILL_EVERY_S = (3.0, 8.0)
 ANY_MOMENT = 0.25  # the share of kills that hit whatever a busy worker is doing (often its first epoch)
-GRACE_S = 30.0  # how long any other due kill waits for a job past its first checkpoint
+GRACE_S = 90.0  # how long any other due kill waits for a job past its first checkpoint
 CHAOS_TIMEOUT_S = {"local": 360, "aws": 420}
 
 

@@ -115,7 +115,6 @@ def test_spot_notice_mid_epoch_requeues_and_another_worker_resumes(tmp_path, tin
     # Put back, not failed: QUEUED, one preemption, a fresh visible message, nothing dead-lettered.
     record = backend.store.get_job(job.study_id, job.job_id)
     assert record.status == JobStatus.QUEUED and record.preemptions == 1 and record.attempt == 1, record
-    assert record.lease_owner is None or (record.lease_expires_at or 0) <= time.time() + LEASE_S
     counts = backend.queue.counts()
     assert (counts.visible, counts.in_flight, counts.dead) == (1, 0, 0), counts
     written = epochs_by_attempt(backend, job)
@@ -173,6 +172,7 @@ def test_second_signal_is_a_cold_stop_and_the_job_is_picked_up_again(tmp_path, t
 
     record = backend.store.get_job(job.study_id, job.job_id)
     assert record.status in (JobStatus.QUEUED, JobStatus.RUNNING) and record.attempt == 1, record
+    status_after = record.status.value  # QUEUED when the cold stop still released the job, else RUNNING
     checkpoint = max(e for e, _ in epochs_by_attempt(backend, job))
 
     # The next worker gets the job once the lease has lapsed (at once if the cold stop released it).
@@ -185,4 +185,4 @@ def test_second_signal_is_a_cold_stop_and_the_job_is_picked_up_again(tmp_path, t
     assert min(e for e, a in written if a == 2) == checkpoint + 1  # resumed, not restarted
     counts = backend.queue.counts()
     assert counts.backlog == 0 and counts.dead == 0, counts
-    print(f"COLD_STOP exited_after_s={exited_after_s:.1f} status_after={record.status.value}")
+    print(f"COLD_STOP exited_after_s={exited_after_s:.1f} status_after={status_after}")
