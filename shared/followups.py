@@ -15,7 +15,6 @@ from shared.jobs import EarlyStopping, JobRecord, JobSpec, job_id_for
 from shared.optimizers import OptimizerSpec, Sgd
 from shared.ports import JobQueue, JobStore
 from shared.ranking import top_succeeded
-from shared.status import JobStatus
 from shared.study import StudySpec
 from shared.submission import SubmitReport, submit_jobs
 
@@ -74,15 +73,17 @@ def advance_study(store: JobStore, queue: JobQueue, study_id: str) -> list[str]:
     spec = StudySpec.model_validate(study.spec)
     jobs = store.list_jobs(study_id)
     done: list[str] = []
-    if spec.finetune and "finetune" not in study.stages and _all_finished(jobs, ("train",)):
+    finetune_enqueued = "finetune" in study.stages
+    if spec.finetune and not finetune_enqueued and _all_finished(jobs, ("train",)):
         parents = [p for p in top_succeeded(jobs, spec.finetune.top, "train") if p.spec.model.architecture != "benchmark"]
         follow = spec.finetune
         specs = [finetune_spec(p, follow.unfreeze_from, follow.optimizer, follow.epochs, follow.early_stopping) for p in parents]
         submit_jobs(store, queue, study_id, with_ids(study_id, specs))
         if store.mark_stage(study_id, "finetune"):
             done.append("finetune")
+        finetune_enqueued = True
         jobs = store.list_jobs(study_id)
-    ready_for_eval = _all_finished(jobs, ("train", "finetune")) and (not spec.finetune or "finetune" in _stages(store, study_id))
+    ready_for_eval = _all_finished(jobs, ("train", "finetune")) and (not spec.finetune or finetune_enqueued)
     if spec.evaluate and "evaluate" not in study.stages and ready_for_eval:
         specs = [evaluate_spec(t) for t in evaluation_candidates(jobs, spec.evaluate.top)]
         submit_jobs(store, queue, study_id, with_ids(study_id, specs))
@@ -91,14 +92,6 @@ def advance_study(store: JobStore, queue: JobQueue, study_id: str) -> list[str]:
     return done
 
 
-def _stages(store: JobStore, study_id: str) -> list[str]:
-    study = store.get_study(study_id)
-    return study.stages if study else []
-
-
 def enqueue_followups(store: JobStore, queue: JobQueue, study_id: str, specs: Sequence[JobSpec]) -> SubmitReport:
     return submit_jobs(store, queue, study_id, with_ids(study_id, specs))
 
-
-def unfinished(jobs: Sequence[JobRecord]) -> list[JobRecord]:
-    return [j for j in jobs if j.status in (JobStatus.QUEUED, JobStatus.RUNNING)]

@@ -44,7 +44,8 @@ def draw(shape: str, size: int, rng: np.random.Generator) -> Image.Image:
     elif shape == "triangle":
         pen.polygon([(x0, y1), ((x0 + x1) // 2, y0), (x1, y1)], fill=colour)
     else:
-        pen.polygon([((x0 + x1) // 2, y0), (x1, (y0 + y1) // 2), ((x0 + x1) // 2, y1), (x0, (y0 + y1) // 2)], fill=colour)
+        cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
+        pen.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=colour)
     return image
 
 
@@ -74,9 +75,8 @@ def write_dataset(
                 target = root / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(payload)
-                files.append(
-                    ManifestFile(path=rel, size=len(payload), sha256=hashlib.sha256(payload).hexdigest(), split=split, label=label)
-                )
+                digest = hashlib.sha256(payload).hexdigest()
+                files.append(ManifestFile(path=rel, size=len(payload), sha256=digest, split=split, label=label))
     manifest = Manifest(name=root.name, classes=sorted(classes), files=files, seed=seed)
     (root / MANIFEST_NAME).write_text(manifest.to_json())
     return manifest

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -122,6 +123,7 @@ class Worker:
             raise
         finally:
             self.protect(False)
+            shutil.rmtree(self._work_dir(record), ignore_errors=True)  # everything that matters is in the artifact store
         self.settler.settle(record, delivery, outcome)
         if outcome.kind == "fatal":
             self.stop.request(f"fatal: {outcome.error}")
@@ -175,7 +177,7 @@ class Worker:
             job_id=record.job_id,
             spec=spec,
             dataset_dir=resolve_dataset(spec.dataset, self.backend.artifacts, cache_dir / "datasets"),
-            work_dir=_fresh_dir(cache_dir / "work" / f"{record.job_id}-{record.attempt}"),
+            work_dir=_fresh_dir(self._work_dir(record)),
             artifacts=self.backend.artifacts,
             prefix=job_prefix(record.study_id, record.job_id),
             parent_prefix=job_prefix(record.study_id, spec.parent_job_id) if spec.parent_job_id else None,
@@ -183,6 +185,9 @@ class Worker:
             should_stop=lambda: self._stop_reason(lease),
             cache_dir=cache_dir / "images",
         )
+
+    def _work_dir(self, record: JobRecord) -> Path:
+        return self.settings.resolved_cache_dir / "work" / f"{record.job_id}-{record.attempt}"
 
     def _stop_reason(self, lease: Lease) -> str | None:
         if lease.lost:

@@ -81,8 +81,12 @@ def test_mobilenet_head_on_cached_features_matches_training_through_the_base_eve
 
 @pytest.mark.slow
 def test_efficientnet_with_dropout_inside_the_base_matches_with_data_fraction(tmp_path, tiny_dataset):
-    direct, direct_reports, _ = run(tmp_path, transfer_spec("efficientnet_b0", False, data_fraction=0.5), tiny_dataset, "d")
-    cached, cached_reports, _ = run(tmp_path, transfer_spec("efficientnet_b0", True, data_fraction=0.5), tiny_dataset, "c")
+    direct, direct_reports, _ = run(
+        tmp_path, transfer_spec("efficientnet_b0", False, data_fraction=0.5), tiny_dataset, "direct"
+    )
+    cached, cached_reports, _ = run(
+        tmp_path, transfer_spec("efficientnet_b0", True, data_fraction=0.5), tiny_dataset, "cached"
+    )
     assert "feature_cache" in cached.artifacts
     assert_same_epochs(cached_reports, direct_reports)
     assert cached.metrics == pytest.approx(direct.metrics, abs=TOLERANCE)
@@ -90,16 +94,19 @@ def test_efficientnet_with_dropout_inside_the_base_matches_with_data_fraction(tm
 
 def test_a_second_job_with_the_same_key_reuses_the_entry(tmp_path, tiny_dataset, caplog):
     store = LocalArtifactStore(tmp_path / "artifacts")
-    first = run_job(context(tmp_path, transfer_spec("mobilenet", True, epochs=1), tiny_dataset, job_id="a", artifacts=store))
+    spec = transfer_spec("mobilenet", True, epochs=1)
+    first = run_job(context(tmp_path, spec, tiny_dataset, job_id="a", artifacts=store))
     entry = first.artifacts["feature_cache"]
     before = [(o.key, o.size) for o in store.list("feature-cache/")]
     assert len(before) == 3 and before[-1][0] == f"{entry}/manifest.json"
     committed = store.get_bytes(f"{entry}/manifest.json")
 
     # Another optimizer, another host (no decoded images there): the entry is reused as it is.
-    other = tiny_spec("mobilenet", model={"head": HEAD}, training={"epochs": 1}, optimizer={"name": "sgd", "learning_rate": 0.05})
+    sgd = {"name": "sgd", "learning_rate": 0.05}
+    other = tiny_spec("mobilenet", model={"head": HEAD}, training={"epochs": 1}, optimizer=sgd)
     with caplog.at_level(logging.INFO, logger="worker.training.features"):
-        second = run_job(context(tmp_path, other, tiny_dataset, job_id="b", artifacts=store, cache_dir=tmp_path / "host-2"))
+        host_2 = context(tmp_path, other, tiny_dataset, job_id="b", artifacts=store, cache_dir=tmp_path / "host-2")
+        second = run_job(host_2)
     assert second.artifacts["feature_cache"] == entry
     assert any("feature cache hit" in message for message in caplog.messages)
     assert [(o.key, o.size) for o in store.list("feature-cache/")] == before

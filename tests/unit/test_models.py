@@ -41,7 +41,8 @@ def test_benchmark_cnn_has_the_reference_parameter_count():
 
 
 def test_transfer_model_freezes_the_base_and_preprocesses_inside():
-    spec = ModelSpec(architecture="mobilenet_v2", image_size=32, head={"units": 16, "dropout": 0.2, "pooling": "flatten"})
+    head = {"units": 16, "dropout": 0.2, "pooling": "flatten"}
+    spec = ModelSpec(architecture="mobilenet_v2", image_size=32, head=head)
     model = build_model(spec, 5)
     names = [layer.name for layer in model.layers]
     assert names[1:] == ["preprocess", "base", "head_pool", "head_dense", "head_bn", "head_dropout", "predictions"]
@@ -87,7 +88,8 @@ def test_the_base_runs_in_inference_mode_even_when_the_model_trains():
 def test_unfrozen_base_keeps_batchnorm_statistics_while_training():
     model = build_model(ModelSpec(architecture="mobilenet_v2", image_size=32, head={"units": 8}), 3)
     unfreeze(model, None, "block_16_expand")
-    bn = next(layer for layer in find_base(model).base.layers[-10:] if isinstance(layer, keras.layers.BatchNormalization))
+    top = find_base(model).base.layers[-10:]
+    bn = next(layer for layer in top if isinstance(layer, keras.layers.BatchNormalization))
     assert bn.trainable
     before = keras.ops.convert_to_numpy(bn.moving_mean).copy()
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")

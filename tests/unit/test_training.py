@@ -56,7 +56,8 @@ def test_batches_follow_the_order_given():
 
 
 def test_augmentation_is_reproducible_per_epoch_and_changes_images():
-    spec = tiny_spec(training={"augmentation": {"rotation": 0.1, "shift": 0.1, "shear": 0.1, "zoom": 0.1, "horizontal_flip": True}})
+    augmentation = {"rotation": 0.1, "shift": 0.1, "shear": 0.1, "zoom": 0.1, "horizontal_flip": True}
+    spec = tiny_spec(training={"augmentation": augmentation})
     inputs = np.random.default_rng(0).integers(0, 256, (6, 16, 16, 3)).astype(np.uint8)
     labels = np.zeros(6, np.int32)
 
@@ -110,6 +111,17 @@ def test_a_corrupt_image_is_named(tmp_path):
         data.load_images(root, manifest, "train", 16, tmp_path / "cache")
 
 
+def test_an_image_format_tensorflow_cannot_decode_is_named(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "ds"
+    manifest = write_dataset(root, train_per_class=2, test_per_class=1)
+    bad = root / manifest.split("train")[0].path
+    Image.open(bad).convert("RGB").save(bad, format="TIFF")  # PIL reads it, TensorFlow does not
+    with pytest.raises(BadInputError, match="is TIFF"):
+        data.load_images(root, manifest, "train", 16, tmp_path / "cache")
+
+
 def test_files_outside_the_dataset_are_never_read(tmp_path):
     root = tmp_path / "ds"
     manifest = write_dataset(root, train_per_class=2, test_per_class=1)
@@ -126,7 +138,8 @@ def test_files_outside_the_dataset_are_never_read(tmp_path):
 
 
 def test_early_stopping_follows_keras_rules_and_survives_a_round_trip():
-    monitor = Monitor.from_spec(tiny_spec(training={"early_stopping": {"monitor": "val_loss", "patience": 2, "min_delta": 0.1}}).training.early_stopping)
+    stopping = {"monitor": "val_loss", "patience": 2, "min_delta": 0.1}
+    monitor = Monitor.from_spec(tiny_spec(training={"early_stopping": stopping}).training.early_stopping)
     assert monitor.mode == "min"
     progress = Progress()
     for value in (1.0, 0.95, 0.8):  # 0.95 is better but not by min_delta; 0.8 is
@@ -239,7 +252,8 @@ def test_a_best_model_lost_between_state_and_upload_is_republished(tmp_path, tin
 
 
 def test_augmentation_and_data_fraction_train(tmp_path, tiny_dataset):
-    spec = tiny_spec(training={"epochs": 1, "data_fraction": 0.5, "augmentation": {"rotation": 0.05, "zoom": 0.1, "horizontal_flip": True}})
+    augmentation = {"rotation": 0.05, "zoom": 0.1, "horizontal_flip": True}
+    spec = tiny_spec(training={"epochs": 1, "data_fraction": 0.5, "augmentation": augmentation})
     result = run_job(context(tmp_path, spec, tiny_dataset))
     assert result.outcome == "completed" and result.epochs_run == 1
     assert "feature_cache" not in result.artifacts

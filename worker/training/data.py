@@ -33,6 +33,7 @@ from worker.training.stopping import ShouldStop, check
 RESIZE_METHOD = "bilinear-antialias"  # part of every cache key: a change invalidates the caches
 CACHE_VERSION = 1
 DECODE_BATCH = 128
+TF_FORMATS = frozenset({"PNG", "JPEG", "GIF", "BMP"})  # what tf.io.decode_image reads
 
 
 def load_manifest(dataset_dir: Path) -> Manifest:
@@ -70,7 +71,8 @@ def load_images(
     Decoding polls `should_stop` between batches (StopRequested)."""
     files = split_files(manifest, split)
     shape = (len(files.paths), image_size, image_size, 3)
-    path = Path(cache_dir) / f"images-{manifest.checksum[:24]}-{split}-{image_size}-{RESIZE_METHOD}-v{CACHE_VERSION}.npy"
+    name = f"images-{manifest.checksum[:24]}-{split}-{image_size}-{RESIZE_METHOD}-v{CACHE_VERSION}.npy"
+    path = Path(cache_dir) / name
     cached = _open_cached(path, shape)
     if cached is not None:
         return cached
@@ -140,8 +142,11 @@ def _decode_error(files: Sequence[Path], exc: Exception) -> PermanentError:
         try:
             with Image.open(path) as image:
                 image.load()
+                kind = image.format
         except Exception as bad:
             return BadInputError(f"cannot decode image {path}: {bad}")
+        if kind not in TF_FORMATS:
+            return BadInputError(f"image {path} is {kind}; supported formats: {', '.join(sorted(TF_FORMATS))}")
     return PermanentError(f"cannot decode the dataset's images: {exc}")
 
 

@@ -87,7 +87,8 @@ def _write_reports(
     for path, label, guess, row in zip(files.paths, files.labels, predicted, probabilities):
         writer.writerow([path, classes[label], classes[guess], f"{row[guess]:.6f}"])
     ctx.artifacts.put_bytes(keys["predictions_csv"], out.getvalue().encode())
-    ctx.artifacts.put_bytes(keys["confusion_matrix"], json.dumps({"classes": classes, "matrix": matrix.tolist()}).encode())
+    confusion = {"classes": classes, "matrix": matrix.tolist()}
+    ctx.artifacts.put_bytes(keys["confusion_matrix"], json.dumps(confusion).encode())
     ctx.artifacts.put_bytes(keys["per_class_accuracy"], json.dumps(per_class, indent=1).encode())
     return keys
 

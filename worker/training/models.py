@@ -126,8 +126,10 @@ def benchmark_cnn(image_size: int, num_classes: int) -> keras.Model:
 def head(x: Any, spec: Head, num_classes: int) -> Any:
     """The bottleneck head. Layer names are fixed: head-only training and the feature cache
     find the head's layers by name."""
-    pool = layers.Flatten(name="head_pool") if spec.pooling == "flatten" else layers.GlobalAveragePooling2D(name="head_pool")
-    x = pool(x)
+    if spec.pooling == "flatten":
+        x = layers.Flatten(name="head_pool")(x)
+    else:
+        x = layers.GlobalAveragePooling2D(name="head_pool")(x)
     x = layers.Dense(
         spec.units,
         activation="relu",
@@ -188,7 +190,8 @@ def load_weights_strictly(model: keras.Model, path: Path, what: str, into: str) 
             model.load_weights(path)
         except Exception as exc:  # wrong architecture, size or a corrupt file: retrying cannot help
             raise PermanentError(f"{what} does not load into {into}: {exc}") from exc
-    partial = [str(w.message) for w in caught if "Skipping" in str(w.message) or "could not be loaded" in str(w.message)]
+    messages = [str(w.message) for w in caught]
+    partial = [m for m in messages if "Skipping" in m or "could not be loaded" in m]
     if partial:
         raise PermanentError(f"{what} does not load into {into}: {partial[0]}")
 

@@ -22,7 +22,15 @@ from worker.training import data, features
 from worker.training.context import JobContext
 from worker.training.finetune import unfreeze
 from worker.training.inputs import fetch_weights, load_parent
-from worker.training.models import architecture, build_model, copy_head, find_base, head_model, load_model, load_weights_strictly
+from worker.training.models import (
+    architecture,
+    build_model,
+    copy_head,
+    find_base,
+    head_model,
+    load_model,
+    load_weights_strictly,
+)
 from worker.training.optimizers import make_optimizer
 from worker.training.state import Progress, StateStore, restore_rng_state
 
@@ -72,7 +80,9 @@ def _cache(ctx: JobContext) -> features.FeatureCache:
     return features.FeatureCache(ctx.artifacts, ctx.feature_cache_prefix, ctx.local_cache_dir / "features")
 
 
-def _new_train(ctx: JobContext, manifest: Manifest, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray) -> Session:
+def _new_train(
+    ctx: JobContext, manifest: Manifest, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray
+) -> Session:
     spec = ctx.spec
     model = build_model(spec.model, len(manifest.classes), fetch_weights(ctx))
     if not features.applies(spec):
@@ -103,7 +113,8 @@ def _resumed_train(
     # The complete model gets the very base the features came from (no download needed).
     export = build_model(ctx.spec.model.model_copy(update={"weights": None}), len(manifest.classes))
     weights = entry.base_weights(ctx.artifacts, cache.local_dir / entry.key)
-    load_weights_strictly(find_base(export).base, weights, f"feature cache base weights {entry.prefix}", "the job's base")
+    what = f"feature cache base weights {entry.prefix}"
+    load_weights_strictly(find_base(export).base, weights, what, "the job's base")
     return Session(trainer, export, entry.features, labels, train_idx, val_idx, progress, entry.prefix)
 
 

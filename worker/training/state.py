@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -51,7 +51,8 @@ class Monitor:
 
     def value(self, metrics: dict[str, float]) -> float:
         if self.name not in metrics:
-            raise PermanentError(f"early stopping monitors {self.name!r}, which training does not log ({sorted(metrics)})")
+            logged = sorted(metrics)
+            raise PermanentError(f"early stopping monitors {self.name!r}, which training does not log ({logged})")
         return metrics[self.name]
 
 
@@ -104,7 +105,8 @@ class Progress:
 
     @classmethod
     def from_json(cls, data: bytes) -> Progress:
-        return cls(**json.loads(data))
+        known = {f.name for f in fields(cls)}  # tolerate fields written by a newer worker
+        return cls(**{k: v for k, v in json.loads(data).items() if k in known})
 
 
 class StateStore:

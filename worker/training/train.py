@@ -54,7 +54,13 @@ def _fit_one_epoch(ctx: JobContext, session: Session, validation, poller: StopPo
     augment = data.augmentation_layers(spec.augmentation, data.augmentation_seed(spec.seed, epoch))
     batches = data.batches(session.inputs, session.labels, order, spec.batch_size, augment)
     history = session.trainer.fit(
-        batches, validation_data=validation, epochs=epoch + 1, initial_epoch=epoch, callbacks=[poller], shuffle=False, verbose=0
+        batches,
+        validation_data=validation,
+        epochs=epoch + 1,
+        initial_epoch=epoch,  # so that callbacks and TensorBoard see the true epoch number
+        callbacks=[poller],
+        shuffle=False,  # the order is ours (data.epoch_order)
+        verbose=0,
     )
     return {name: float(values[-1]) for name, values in history.history.items()}
 
