@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TF_CPP_MIN_LOG_LEVEL=2 CUDA_VISIBLE_DEVICES=-1
+# What this machine would cost as a spot GPU instance (about a g4dn.xlarge), so that the demo shows spend.
+export SPOTSWEEP_PRICE_PER_HOUR="${SPOTSWEEP_PRICE_PER_HOUR:-0.20}"
 
 echo "== 1. a synthetic flower dataset (5 classes x 40 images, 128 px), split into train and a 20% test holdout"
 submit dataset synth data/flowers-raw --classes 5 --per-class 40 --size 128 --seed 7

@@ -19,7 +19,7 @@ from rich.console import Console
 from shared.backends.factory import Backend, open_backend
 from shared.errors import BadInputError, NotFoundError, SpotsweepError
 from submitter import service
-from submitter.leaderboard import leaderboard, matrix
+from submitter.leaderboard import for_table, leaderboard, matrix
 from submitter.render import FORMATS, emit
 from submitter.settings import SubmitterSettings
 
@@ -32,7 +32,8 @@ outputs are documented by `submit schema`."""
 app = typer.Typer(no_args_is_help=True, help=HELP, rich_markup_mode=None)
 dataset_app = typer.Typer(no_args_is_help=True, help="Make, prepare and upload datasets.")
 app.add_typer(dataset_app, name="dataset")
-console = Console(stderr=False)
+# Piped output (CI logs, `| less`) gets a wide table rather than rich's default 80 columns.
+console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -206,7 +207,8 @@ def leaderboard_command(
         emit(console, frame, fmt, document={"study_id": study_id, "matrix": list(matrix_axes), "metric": by}, title=f"best {by}")  # type: ignore[arg-type]
         return
     frame = leaderboard(records, by, kind, top)
-    emit(console, frame, fmt, document={"study_id": study_id, "by": by}, title=f"{study_id} by {by}")  # type: ignore[arg-type]
+    shown = for_table(frame) if fmt == "table" else frame
+    emit(console, shown, fmt, document={"study_id": study_id, "by": by}, title=f"{study_id} by {by}")  # type: ignore[arg-type]
 
 
 @app.command()

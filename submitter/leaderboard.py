@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from shared.jobs import JobRecord
+from shared.optimizers import CONCRETE_CLASSES
 from shared.ranking import LOWER_IS_BETTER, Ranked, rank
 
 COLUMNS = [
@@ -18,6 +19,30 @@ COLUMNS = [
     "train_seconds", "cost_usd", "total_params", "trainable_params", "attempts", "preemptions",
     "parent_job_id", "checkpoint",
 ]
+
+
+# What a person reads in a terminal (short headers); json/csv/markdown carry every column.
+TABLE_COLUMNS = {
+    "rank": "#", "job_id": "job", "kind": "kind", "status": "status", "architecture": "arch", "optimizer": "opt",
+    "params": "params", "batch_size": "batch", "data_fraction": "frac", "val_accuracy": "val_acc",
+    "val_loss": "val_loss", "test_accuracy": "test_acc", "std": "std", "best_epoch": "best", "epochs_run": "epochs",
+    "train_seconds": "seconds", "cost_usd": "cost_usd", "attempts": "tries", "preemptions": "preempt",
+}
+ALWAYS = {"rank", "job_id", "status", "architecture", "optimizer", "val_accuracy"}
+
+
+def for_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The leaderboard for a terminal: non-default optimizer parameters as `k=v`, and no column that
+    is empty or the same on every row (unless it is one a reader always looks for)."""
+    shown = frame.assign(params=[_short_params(o, p) for o, p in zip(frame["optimizer"], frame["optimizer_params"])])
+    keep = [c for c in TABLE_COLUMNS if c in ALWAYS or (not shown[c].isna().all() and shown[c].astype(str).nunique() > 1)]
+    return shown[keep].rename(columns=TABLE_COLUMNS)
+
+
+def _short_params(optimizer: str, params_json: str) -> str:
+    defaults = CONCRETE_CLASSES[optimizer]().model_dump()
+    params = json.loads(params_json) if params_json else {}
+    return " ".join(f"{k}={v}" for k, v in sorted(params.items()) if k == "learning_rate" or defaults.get(k) != v)
 
 
 def job_row(record: JobRecord) -> dict[str, Any]:

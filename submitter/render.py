@@ -18,7 +18,7 @@ def _cell(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.1f}"
     return str(value)
 
 
@@ -26,7 +26,7 @@ def rich_table(frame: pd.DataFrame, title: str | None = None) -> Table:
     table = Table(title=title, header_style="bold")
     for column in frame.columns:
         numeric = pd.api.types.is_numeric_dtype(frame[column])
-        table.add_column(str(column), justify="right" if numeric else "left", overflow="fold")
+        table.add_column(str(column), justify="right" if numeric else "left", no_wrap=column != "params")
     for row in frame.itertuples(index=False):
         table.add_row(*(_cell(v) for v in row))
     return table

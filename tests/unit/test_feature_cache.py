@@ -46,11 +46,11 @@ def assert_same_epochs(cached: list[EpochReport], direct: list[EpochReport]) -> 
 def test_mobilenet_head_on_cached_features_matches_training_through_the_base_even_across_a_resume(
     tmp_path, tiny_dataset
 ):
-    direct, direct_reports, _ = run(tmp_path, transfer_spec("mobilenet_v2", False), tiny_dataset, "direct")
+    direct, direct_reports, _ = run(tmp_path, transfer_spec("mobilenet", False), tiny_dataset, "direct")
     assert "feature_cache" not in direct.artifacts
 
     # The cached job is stopped during its second epoch and resumed on "another host".
-    spec = transfer_spec("mobilenet_v2", True)
+    spec = transfer_spec("mobilenet", True)
     stop = StopInEpoch(2)
     stopped, _, ctx = run(tmp_path, spec, tiny_dataset, "cached", **stop.fields())
     first_reports = stop.reports

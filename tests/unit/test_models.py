@@ -60,7 +60,7 @@ def test_transfer_model_freezes_the_base_and_preprocesses_inside():
 
 
 def test_checkpoint_round_trips_in_safe_mode_without_lambda_layers(tmp_path):
-    model = build_model(ModelSpec(architecture="mobilenet_v2", image_size=32, head={"units": 8}), 3)
+    model = build_model(ModelSpec(architecture="mobilenet", image_size=32, head={"units": 8}), 3)
     path = tmp_path / "model.keras"
     model.save(path)
     config = zipfile.ZipFile(path).read("config.json").decode()
@@ -69,7 +69,7 @@ def test_checkpoint_round_trips_in_safe_mode_without_lambda_layers(tmp_path):
     x = images()
     np.testing.assert_allclose(loaded.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
     assert count_params(loaded) == count_params(model)
-    assert json.loads(config)["config"]["layers"][1]["config"]["architecture"] == "mobilenet_v2"
+    assert json.loads(config)["config"]["layers"][1]["config"]["architecture"] == "mobilenet"
 
 
 def test_the_base_runs_in_inference_mode_even_when_the_model_trains():
@@ -86,10 +86,9 @@ def test_the_base_runs_in_inference_mode_even_when_the_model_trains():
 
 
 def test_unfrozen_base_keeps_batchnorm_statistics_while_training():
-    model = build_model(ModelSpec(architecture="mobilenet_v2", image_size=32, head={"units": 8}), 3)
-    unfreeze(model, None, "block_16_expand")
-    top = find_base(model).base.layers[-10:]
-    bn = next(layer for layer in top if isinstance(layer, keras.layers.BatchNormalization))
+    model = build_model(ModelSpec(architecture="mobilenet", image_size=32, head={"units": 8}), 3)
+    unfreeze(model, None, "conv_dw_13")
+    bn = find_base(model).base.get_layer("conv_pw_13_bn")
     assert bn.trainable
     before = keras.ops.convert_to_numpy(bn.moving_mean).copy()
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
