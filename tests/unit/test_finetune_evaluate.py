@@ -17,6 +17,9 @@ from tests.training_support import StopInEpoch, context, tiny_dataset, tiny_spec
 from worker.training import run_job
 from worker.training.models import find_base, load_model
 
+# One xdist worker runs the whole module, so that the parent model is trained once.
+pytestmark = pytest.mark.xdist_group("finetune_evaluate")
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> LocalArtifactStore:

@@ -206,7 +206,7 @@ def find_base(model: keras.Model) -> InferenceBase | None:
 
 def feature_extractor(model: keras.Model) -> keras.Model:
     """Preprocessing + base of a transfer model: what the feature cache stores."""
-    return keras.Model(model.inputs, model.get_layer(BASE_LAYER).output, name="features")
+    return keras.Model(model.input, model.get_layer(BASE_LAYER).output, name="features")
 
 
 def head_model(model: keras.Model) -> keras.Model:

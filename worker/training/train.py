@@ -40,8 +40,7 @@ def train(ctx: JobContext, session: Session, states: StateStore, started: float)
                 return _result(ctx, session, "stopped", stop.reason, started)
             seconds = time.monotonic() - epoch_started
             improved = progress.record(monitor, metrics, seconds)
-            _end_of_epoch(ctx, session, states, logs, improved)
-            ctx.on_epoch(EpochReport(progress.epoch, metrics, seconds))
+            _end_of_epoch(ctx, session, states, logs, improved, EpochReport(progress.epoch, metrics, seconds))
     finally:
         logs.close()
     return _result(ctx, session, "completed", None, started)
@@ -65,11 +64,16 @@ def _fit_one_epoch(ctx: JobContext, session: Session, validation, poller: StopPo
     return {name: float(values[-1]) for name, values in history.history.items()}
 
 
-def _end_of_epoch(ctx: JobContext, session: Session, states: StateStore, logs: EpochLogs, improved: bool) -> None:
+def _end_of_epoch(
+    ctx: JobContext, session: Session, states: StateStore, logs: EpochLogs, improved: bool, report: EpochReport
+) -> None:
     """Order matters: the state commit comes first, so that everything after it can be redone
-    from the state if the worker dies halfway (see _repair_after_crash)."""
+    from the state if the worker dies halfway (see _repair_after_crash). The epoch is reported
+    right after the commit, before the uploads: a worker killed during the uploads would
+    otherwise leave a resumed job without that epoch's metrics in the store (nothing re-reports it)."""
     progress = session.progress
     states.save(progress, session.trainer)
+    ctx.on_epoch(report)
     if improved:
         _publish_best(ctx, session, states)
     logs.write_epoch(progress.history)
