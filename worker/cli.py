@@ -56,7 +56,8 @@ def _settings(**overrides: Any) -> WorkerSettings:
     try:
         return WorkerSettings(**overrides)
     except Exception as exc:
-        typer.echo(f"error: bad worker settings: {str(exc).splitlines()[0:3]}", err=True)
+        lines = str(exc).splitlines()
+        typer.echo(f"error: bad worker settings: {' '.join(line.strip() for line in lines[1:3])}", err=True)
         raise typer.Exit(2) from None
 
 
