@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
 from functools import lru_cache
@@ -50,6 +48,7 @@ from botocore.exceptions import ClientError
 from pydantic import TypeAdapter
 
 from shared.backends.aws_errors import RETRYABLE_CODES, aws_errors, error_code, generator_aws_errors
+from shared.backends.batching import backoff, bounded_batches
 from shared.errors import BadInputError, LeaseLostError, NotFoundError, RetryableError
 from shared.jobs import EpochRecord, JobRecord, StudyRecord
 from shared.status import JobStatus
@@ -541,7 +540,7 @@ class DynamoJobStore:
                 codes = {r.get("Code") for r in reasons} - {"None", None}
                 if codes and not codes <= (RETRYABLE_CODES | {"TransactionConflict", "ThrottlingError"}):
                     raise
-                _backoff(attempt)
+                backoff(attempt)
         raise RetryableError(f"DynamoDB table '{self.table_name}': transaction still conflicting after retries")
 
     def _query(
@@ -591,7 +590,7 @@ class DynamoJobStore:
                 pending = response.get("UnprocessedKeys") or {}
                 if not pending:
                     break
-                _backoff(attempt)
+                backoff(attempt)
             else:
                 raise RetryableError(f"DynamoDB table '{self.table_name}': reads still unprocessed after retries")
         return [found[(k["pk"], k["sk"])] for k in keys if (k["pk"], k["sk"]) in found]
@@ -613,18 +612,8 @@ def _chunks(records: Iterable[JobRecord], size: int) -> Iterator[list[JobRecord]
 
 def _size_groups(records: list[JobRecord]) -> Iterator[list[JobRecord]]:
     """Groups that fit one transaction: at most 100 items and 3.5 MB."""
-    group: list[JobRecord] = []
-    size = 0
-    for record in records:
-        length = len(json.dumps(record.model_dump(mode="json"))) + 200
-        if group and (len(group) == TRANSACT_MAX_ITEMS or size + length > TRANSACT_MAX_BYTES):
-            yield group
-            group, size = [], 0
-        group.append(record)
-        size += length
-    if group:
-        yield group
+    return bounded_batches(records, TRANSACT_MAX_ITEMS, TRANSACT_MAX_BYTES, _record_size)
 
 
-def _backoff(attempt: int) -> None:
-    time.sleep(min(5.0, 0.05 * 2**attempt) * (0.5 + random.random() / 2))
+def _record_size(record: JobRecord) -> int:
+    return len(json.dumps(record.model_dump(mode="json"))) + 200

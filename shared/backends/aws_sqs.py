@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import threading
 import time
 from collections import OrderedDict
@@ -32,6 +31,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from shared.backends.aws_errors import aws_errors, error_code
+from shared.backends.batching import backoff, bounded_batches
 from shared.errors import BadInputError, RetryableError
 from shared.jobs import MAX_MESSAGE_BYTES
 from shared.ports import Delivery, QueueCounts
@@ -109,7 +109,7 @@ class SqsJobQueue:
             pending = {f["Id"]: pending[f["Id"]] for f in failed}
             if not pending:
                 return
-            _backoff(attempt)
+            backoff(attempt)
         raise RetryableError(f"SQS queue '{self._name}': {len(pending)} messages still failing after retries")
 
     # --- receiving ---
@@ -179,7 +179,7 @@ class SqsJobQueue:
             pending = {f["Id"]: pending[f["Id"]] for f in failed}
             if not pending:
                 return
-            _backoff(attempt)
+            backoff(attempt)
         raise RetryableError(f"SQS queue '{self._name}': {len(pending)} deletes still failing after retries")
 
     @aws_errors
@@ -306,23 +306,14 @@ class SqsJobQueue:
 
 def _batches(bodies: Iterable[str]) -> Iterator[list[str]]:
     """Stream bodies into SendMessageBatch-sized lists (10 entries, 256 KiB in all)."""
-    batch: list[str] = []
-    size = 0
-    for body in bodies:
-        length = len(body.encode())
-        if length > MAX_MESSAGE_BYTES:
-            raise BadInputError(f"message body of {length} bytes exceeds SQS's limit of {MAX_MESSAGE_BYTES}")
-        if batch and (len(batch) == BATCH or size + length > MAX_BATCH_BYTES):
-            yield batch
-            batch, size = [], 0
-        batch.append(body)
-        size += length
-    if batch:
-        yield batch
+    return bounded_batches(bodies, BATCH, MAX_BATCH_BYTES, _checked_size)
 
 
-def _backoff(attempt: int) -> None:
-    time.sleep(min(5.0, 0.05 * 2**attempt) * (0.5 + random.random() / 2))
+def _checked_size(body: str) -> int:
+    length = len(body.encode())
+    if length > MAX_MESSAGE_BYTES:
+        raise BadInputError(f"message body of {length} bytes exceeds SQS's limit of {MAX_MESSAGE_BYTES}")
+    return length
 
 
 def redrive_policy(dlq_arn: str, max_receives: int) -> str:
