@@ -388,19 +388,17 @@ class DynamoJobStore:
         expr = _Expression()
         update = expr.update({**validated_changes(changes), "status": to.value})
         condition = f"{expr.n('status')} IN ({', '.join(expr.v(s.value) for s in allowed)})"
-        try:
-            self._update(self._job_key(study_id, job_id), expr, update, condition)
-        except _ConditionFailed as failed:
-            if failed.item is None:
-                raise NotFoundError(f"unknown job {job_id} in study {study_id}") from None
-            return False
-        return True
+        return self._update_if(study_id, job_id, expr, update, condition)
 
     @aws_errors
     def request_cancel(self, study_id: str, job_id: str) -> bool:
         expr = _Expression()
         update = expr.update({"cancel_requested": True})
         condition = f"{expr.n('status')} = {expr.v(JobStatus.RUNNING.value)}"
+        return self._update_if(study_id, job_id, expr, update, condition)
+
+    def _update_if(self, study_id: str, job_id: str, expr: _Expression, update: str, condition: str) -> bool:
+        """An unfenced conditional update of a job: False if the condition failed, NotFoundError if no job."""
         try:
             self._update(self._job_key(study_id, job_id), expr, update, condition)
         except _ConditionFailed as failed:
