@@ -11,7 +11,7 @@ from worker.training.evaluate import evaluate
 from worker.training.sessions import open_session
 from worker.training.state import Progress, StateStore
 from worker.training.stopping import StopRequested
-from worker.training.train import train
+from worker.training.train import progress_result, train
 
 
 def run_job(ctx: JobContext) -> JobResult:
@@ -35,15 +35,4 @@ def run_job(ctx: JobContext) -> JobResult:
 
 
 def _stopped_early(ctx: JobContext, states: StateStore, reason: str, started: float) -> JobResult:
-    progress = states.load() or Progress()
-    return JobResult(
-        outcome="stopped",
-        stop_reason=reason,
-        epochs_run=progress.epoch,
-        best_epoch=progress.best_epoch,
-        metrics=progress.best_metrics(),
-        seconds=time.monotonic() - started,
-        total_params=None,
-        trainable_params=None,
-        checkpoint=f"{ctx.prefix}/best.keras" if progress.best_epoch is not None else None,
-    )
+    return progress_result(ctx, states.load() or Progress(), "stopped", reason, started)

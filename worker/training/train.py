@@ -18,7 +18,7 @@ from worker.training.context import EpochReport, JobContext, JobResult
 from worker.training.logs import EpochLogs
 from worker.training.models import count_params
 from worker.training.sessions import Session
-from worker.training.state import Monitor, StateStore
+from worker.training.state import Monitor, Progress, StateStore
 from worker.training.stopping import StopPoller, StopRequested, check
 
 
@@ -111,6 +111,14 @@ def _result(ctx: JobContext, session: Session, outcome: str, reason: str | None,
     }
     if session.feature_entry:
         artifacts["feature_cache"] = session.feature_entry
+    return progress_result(ctx, progress, outcome, reason, started, total, trainable, artifacts)
+
+
+def progress_result(
+    ctx: JobContext, progress: Progress, outcome: str, reason: str | None, started: float,
+    total: int | None = None, trainable: int | None = None, artifacts: dict[str, str] | None = None,
+) -> JobResult:
+    """The JobResult that a job's saved progress stands for."""
     return JobResult(
         outcome=outcome,  # type: ignore[arg-type]
         stop_reason=reason,
@@ -121,5 +129,5 @@ def _result(ctx: JobContext, session: Session, outcome: str, reason: str | None,
         total_params=total,
         trainable_params=trainable,
         checkpoint=f"{ctx.prefix}/best.keras" if progress.best_epoch is not None else None,
-        artifacts=artifacts,
+        artifacts=artifacts or {},
     )
