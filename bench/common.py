@@ -33,11 +33,11 @@ class Dataset:
     prepared: Path  # manifest.json, train/<class>/..., test/<class>/...
 
 
-def make_dataset(root: Path) -> Dataset:
+def make_dataset(root: Path, per_class: int = PER_CLASS) -> Dataset:
     from shared.datasets.prepare import prepare
     from shared.datasets.synth import synthesize
 
-    source = synthesize(root / "synth", classes=CLASSES, per_class=PER_CLASS, size=SOURCE_SIZE, seed=0)
+    source = synthesize(root / "synth", classes=CLASSES, per_class=per_class, size=SOURCE_SIZE, seed=0)
     prepared = root / "prepared"
     prepare(source, prepared, test_fraction=0.2, seed=0, name="bench-flowers")
     return Dataset(source, prepared)

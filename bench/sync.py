@@ -7,7 +7,6 @@ start, a LocalArtifactStore (labelled as such).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from bench.common import Dataset, Row, ratio

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.backends.factory import Backend
 from shared.errors import BadInputError, NotFoundError
@@ -19,6 +19,9 @@ from shared.ranking import top_succeeded
 from shared.status import JobStatus
 from shared.study import StudySpec, expand, job_count, parse_study
 from shared.submission import SubmitReport, enqueue_record, submit_jobs
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 # --- studies ---------------------------------------------------------------------------------
@@ -75,7 +78,7 @@ def job_parameters(job: Any) -> dict[str, Any]:
     }
 
 
-def plan_frame(jobs: list[dict[str, Any]]) -> "pd.DataFrame":
+def plan_frame(jobs: list[dict[str, Any]]) -> pd.DataFrame:
     """The dry run as a table: only the columns and optimizer parameters that vary across jobs."""
     import pandas as pd
 

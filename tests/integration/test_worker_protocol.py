@@ -9,7 +9,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 from shared.backends.factory import Backend
 from shared.backends.local import SqliteJobStore

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from shared.backends.local import LocalArtifactStore
-from shared.jobs import ModelSpec
+from shared.errors import PermanentError
 from tests.training_support import StopInEpoch, context, tiny_dataset, tiny_spec  # noqa: F401 (fixture)
 from worker.training import EpochReport, run_job
 from worker.training import data
-from worker.training.features import FeatureCache, applies, entry_key
-from worker.training.models import build_model, count_params, find_base, load_model, weights_checksum
+from worker.training.features import FeatureCache, applies, entry_key, weights_identity
+from worker.training.models import architecture, build_base, count_params, load_model
 
 HEAD = {"units": 16}
 # On one host both paths do the same float32 arithmetic and agree exactly; a layer of the base
@@ -121,18 +121,19 @@ def test_racing_builders_end_with_one_valid_entry(tmp_path, tiny_dataset):
     labels = data.split_files(manifest, "train").labels
     images = data.load_images(tiny_dataset, manifest, "train", 32, tmp_path / "images")
     keras.utils.set_random_seed(1)
-    model = build_model(spec.model, 3)
+    base = build_base(architecture("mobilenet"), spec.model, None)
     store = LocalArtifactStore(tmp_path / "artifacts")
-    key = entry_key(spec, weights_checksum(find_base(model)), manifest.checksum)
+    key = entry_key(spec, weights_identity(spec, None), manifest.checksum)
     # Two workers that both missed the entry and both computed it; the first commit wins.
-    winner = FeatureCache(store, "fc", tmp_path / "host-a")._build(key, spec, model, manifest.checksum, labels, images)
-    loser = FeatureCache(store, "fc", tmp_path / "host-b")._build(key, spec, model, manifest.checksum, labels, images)
+    winner = FeatureCache(store, "fc", tmp_path / "host-a")._build(key, spec, base, manifest.checksum, labels, images)
+    loser = FeatureCache(store, "fc", tmp_path / "host-b")._build(key, spec, base, manifest.checksum, labels, images)
     assert loser.manifest == winner.manifest
     np.testing.assert_array_equal(loser.features, winner.features)
     keys = [o.key for o in store.list(f"fc/{key}/")]
     assert sorted(keys) == sorted(f"fc/{key}/{name}" for name in (
         winner.manifest["features"], winner.manifest["base_weights"], "manifest.json"))
     assert winner.features.shape == (30, 1, 1, 1024)
+    assert winner.base_params == base.count_params()
     assert json.loads(store.get_bytes(f"fc/{key}/manifest.json"))["labels"] == labels.tolist()
 
 
@@ -145,15 +146,55 @@ def test_the_cache_applies_only_to_frozen_unaugmented_transfer_training():
     assert not applies(tiny_spec("mobilenet", kind="finetune", parent_job_id="p"))
 
 
-def test_the_key_follows_the_base_weights_size_and_dataset():
+def test_the_key_follows_the_base_weights_size_and_dataset(tmp_path):
+    """The key names the base's weights without building it: a random init by its seed, a
+    weights file by its content, imagenet by name (the Keras version is in every key)."""
     spec = transfer_spec("mobilenet", True)
-    keras.utils.set_random_seed(1)
-    a = weights_checksum(find_base(build_model(ModelSpec(architecture="mobilenet", image_size=32), 3)))
-    keras.utils.set_random_seed(1)
-    same = weights_checksum(find_base(build_model(ModelSpec(architecture="mobilenet", image_size=32), 3)))
-    keras.utils.set_random_seed(2)
-    other = weights_checksum(find_base(build_model(ModelSpec(architecture="mobilenet", image_size=32), 3)))
-    assert a == same != other
-    assert entry_key(spec, a, "d1") == entry_key(spec, a, "d1")
-    assert len({entry_key(spec, a, "d1"), entry_key(spec, other, "d1"), entry_key(spec, a, "d2"),
-                entry_key(tiny_spec("mobilenet", image_size=48), a, "d1")}) == 4
+    random_init = weights_identity(spec, None)
+    assert random_init == weights_identity(transfer_spec("mobilenet", True, epochs=9), None)  # not a weights matter
+    assert random_init != weights_identity(transfer_spec("mobilenet", True, seed=4), None)
+    file_spec = tiny_spec("mobilenet", model={"weights": "weights/a.weights.h5"})
+    one, same, other = tmp_path / "1.h5", tmp_path / "2.h5", tmp_path / "3.h5"
+    one.write_bytes(b"weights")
+    same.write_bytes(b"weights")
+    other.write_bytes(b"other weights")
+    assert weights_identity(file_spec, one) == weights_identity(file_spec, same) != weights_identity(file_spec, other)
+    with pytest.raises(PermanentError, match="not available locally"):
+        weights_identity(file_spec, None)
+    imagenet = weights_identity(tiny_spec("mobilenet", model={"weights": "imagenet"}), None)
+    identities = {random_init, weights_identity(file_spec, one), imagenet}
+    assert len(identities) == 3
+    assert entry_key(spec, random_init, "d1") == entry_key(spec, random_init, "d1")
+    keys = {entry_key(spec, identity, "d1") for identity in identities}
+    keys |= {entry_key(spec, random_init, "d2"), entry_key(tiny_spec("mobilenet", image_size=48), random_init, "d1")}
+    assert len(keys) == 5
+
+
+def test_a_head_on_cached_features_publishes_the_complete_best_model_once_at_the_end(tmp_path, tiny_dataset):
+    """No complete model is built or saved while the head trains; the best epoch's head stays in
+    the state, and a worker that dies after the last epoch's commit leaves a job whose next
+    attempt only publishes."""
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    spec = transfer_spec("mobilenet", True, epochs=4)
+    published_during_training: list[bool] = []
+
+    def on_epoch(report: EpochReport) -> None:
+        published_during_training.append(store.exists(f"{prefix}/best.keras"))
+
+    ctx = context(tmp_path, spec, tiny_dataset, artifacts=store, on_epoch=on_epoch)
+    prefix = ctx.prefix
+    first = run_job(ctx)
+    assert first.outcome == "completed" and published_during_training == [False] * 4
+    best_key = f"{prefix}/state/epoch-{first.best_epoch:04d}.keras"
+    kept = {o.key for o in store.list(f"{prefix}/state/") if o.key.endswith(".keras")}
+    assert kept == {best_key, f"{prefix}/state/epoch-0004.keras"}
+    best = store.get_bytes(f"{prefix}/best.keras")
+
+    # The worker "died" between the last commit and the publish.
+    store.delete(f"{prefix}/best.keras")
+    store.delete(f"{prefix}/state/best.json")
+    again = run_job(context(tmp_path, spec, tiny_dataset, artifacts=store, work_dir=tmp_path / "host-2"))
+    assert (again.epochs_run, again.best_epoch, again.metrics) == (4, first.best_epoch, first.metrics)
+    republished = load_model(tmp_path / "artifacts" / again.checkpoint)  # the complete model again
+    assert count_params(republished) == (first.total_params, first.trainable_params)
+    assert len(store.get_bytes(f"{prefix}/best.keras")) == len(best)

@@ -23,7 +23,7 @@ from worker.training.models import (
     count_params,
     feature_extractor,
     find_base,
-    head_model,
+    head_classifier,
     load_model,
     preprocess_function,
 )
@@ -49,8 +49,12 @@ def test_transfer_model_freezes_the_base_and_preprocesses_inside():
     assert isinstance(model.get_layer("head_pool"), keras.layers.Flatten)
     assert model.output_shape == (None, 5)
     total, trainable = count_params(model)
-    head_only = count_params(head_model(model))[0]
-    assert trainable < total and trainable == head_only - 2 * 16  # BN's moving statistics never train
+    head_only = head_classifier(model.get_layer("base").output.shape[1:], spec.head, 5, seed=0)
+    assert trainable < total and trainable == count_params(head_only)[0] - 2 * 16  # BN's moving statistics never train
+    # The head starts from its own seed, whatever was built (and drawn) before it.
+    for name in ("head_dense", "predictions"):
+        for ours, standalone in zip(model.get_layer(name).get_weights(), head_only.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(ours, standalone)
     x = images()
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(model.get_layer("preprocess")(x)),

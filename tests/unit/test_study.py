@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from shared.errors import BadInputError
-from shared.study import GRID_CAP, expand, grid_size, job_count, parse_study
+from shared.study import GRID_CAP, grid_size, job_count, parse_study
 
 EXAMPLE = json.loads((Path(__file__).parents[2] / "examples" / "sweep.json").read_text())
 

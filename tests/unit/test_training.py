@@ -45,14 +45,20 @@ def test_epoch_order_is_reproducible_per_epoch_and_honours_data_fraction():
     assert math.ceil(len(half) / batch) == math.ceil(0.5 * len(train) / batch)  # steps per epoch
 
 
-def test_batches_follow_the_order_given():
-    inputs = np.arange(10 * 2 * 2 * 3, dtype=np.uint8).reshape(10, 2, 2, 3)
+@pytest.mark.parametrize("in_memory_bytes", [data.IN_MEMORY_BYTES, 0], ids=["in-memory", "memory-mapped"])
+def test_batches_follow_each_order_given(in_memory_bytes, monkeypatch, tmp_path):
+    monkeypatch.setattr(data, "IN_MEMORY_BYTES", in_memory_bytes)
+    path = tmp_path / "inputs.npy"
+    np.save(path, np.arange(10 * 2 * 2 * 3, dtype=np.uint8).reshape(10, 2, 2, 3))
+    inputs = np.load(path, mmap_mode="r")
     labels = np.arange(10, dtype=np.int32)
-    order = np.array([3, 1, 4, 0, 9, 2, 6])
-    got = [(x.numpy(), y.numpy()) for x, y in data.batches(inputs, labels, order, 3)]
-    assert [len(y) for _, y in got] == [3, 3, 1]
-    np.testing.assert_array_equal(np.concatenate([y for _, y in got]), order)
-    np.testing.assert_array_equal(np.concatenate([x for x, _ in got]), inputs[order].astype(np.float32))
+    batches = data.Batches(inputs, labels, 3)
+    for order in (np.array([3, 1, 4, 0, 9, 2, 6]), np.array([9, 8, 0, 1])):  # one pipeline, many epochs
+        got = [(x.numpy(), y.numpy()) for x, y in batches.epoch(order)]
+        assert [len(y) for _, y in got] == [3] * (len(order) // 3) + [len(order) % 3]
+        np.testing.assert_array_equal(np.concatenate([y for _, y in got]), order)
+        np.testing.assert_array_equal(np.concatenate([x for x, _ in got]), inputs[order])
+        assert got[0][0].dtype == np.uint8  # the model casts; the pipeline moves a quarter of the bytes
 
 
 def test_augmentation_is_reproducible_per_epoch_and_changes_images():
@@ -64,7 +70,7 @@ def test_augmentation_is_reproducible_per_epoch_and_changes_images():
     def run(epoch: int) -> np.ndarray:
         layers = data.augmentation_layers(spec.training.augmentation, data.augmentation_seed(3, epoch))
         assert len(layers) == 5
-        return np.concatenate([x.numpy() for x, _ in data.batches(inputs, labels, np.arange(6), 4, layers)])
+        return np.concatenate([x.numpy() for x, _ in data.Batches(inputs, labels, 4).epoch(np.arange(6), layers)])
 
     assert not np.allclose(run(0), inputs)
     np.testing.assert_allclose(run(0), run(0))

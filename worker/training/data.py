@@ -203,45 +203,61 @@ def augmentation_layers(spec: Augmentation | None, seed: int) -> list[layers.Lay
     return chosen
 
 
-def batches(
-    inputs: np.ndarray,
-    labels: np.ndarray,
-    order: np.ndarray,
-    batch_size: int,
-    augment: Sequence[layers.Layer] = (),
-) -> tf.data.Dataset:
-    """(x, y int32) batches of `inputs[order]`, in that order, prefetched.
+class Batches:
+    """(x, y int32) batches of `inputs[order]` for any order, from data set up once per job.
 
     `inputs` is the image array or the cached feature array: both are indexed the same way. x
     keeps the array's dtype (uint8 images: a quarter of the bytes to move); Keras models cast
     their input to float32 inside their own graph. Augmentation gets float32.
+
+    Up to IN_MEMORY_BYTES the inputs are copied ONCE into a CPU-resident variable, and every
+    epoch's pipeline gathers its batches from it: an epoch costs a small dataset of indices and
+    the gathers, instead of a fresh copy of the whole array (and a graph that embeds it) per
+    epoch. Larger arrays stay memory-mapped on disk and are gathered batch by batch in numpy.
     """
-    order = np.asarray(order, dtype=np.int64)
-    if inputs.nbytes <= IN_MEMORY_BYTES:
-        # One gather per epoch, then slices: no Python and no traced function per batch.
-        dataset = tf.data.Dataset.from_tensor_slices((np.asarray(inputs[order]), labels[order].astype(np.int32)))
-        dataset = dataset.batch(batch_size)
-    else:
-        dataset = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
-        dataset = dataset.map(_numpy_gather(inputs, labels), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if augment:
-        # Sequential on purpose: the layers draw from stateful seed generators, and a parallel
-        # map would hand the draws to batches in a different order on every run.
-        dataset = dataset.map(lambda x, y: (_apply(augment, tf.cast(x, tf.float32)), y), num_parallel_calls=None)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+
+    def __init__(self, inputs: np.ndarray, labels: np.ndarray, batch_size: int) -> None:
+        self.inputs, self.batch_size = inputs, batch_size
+        self.labels = np.asarray(labels, dtype=np.int32)
+        self._gather = _numpy_gather(inputs, self.labels) if inputs.nbytes > IN_MEMORY_BYTES else self._variable_gather()
+
+    def _variable_gather(self):
+        # On the CPU whatever devices there are: tf.data runs its functions on the host.
+        with tf.device("/CPU:0"):
+            inputs = tf.Variable(np.asarray(self.inputs), trainable=False, name="batch_inputs")
+            labels = tf.Variable(self.labels, trainable=False, name="batch_labels")
+
+        def gather(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return tf.gather(inputs, idx), tf.gather(labels, idx)
+
+        return gather
+
+    def epoch(self, order: np.ndarray, augment: Sequence[layers.Layer] = ()) -> tf.data.Dataset:
+        """The batches of `inputs[order]`, in that order, prefetched."""
+        dataset = tf.data.Dataset.from_tensor_slices(np.asarray(order, dtype=np.int64)).batch(self.batch_size)
+        dataset = dataset.map(self._gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if augment:
+            # Sequential on purpose: the layers draw from stateful seed generators, and a parallel
+            # map would hand the draws to batches in a different order on every run.
+            dataset = dataset.map(lambda x, y: (_apply(augment, tf.cast(x, tf.float32)), y), num_parallel_calls=None)
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+    def in_order(self) -> tf.data.Dataset:
+        """Every row once, in array order (prediction, feature extraction)."""
+        return self.epoch(np.arange(len(self.inputs)))
 
 
-# An epoch's worth of inputs up to this size is gathered into memory at once; larger arrays stay
-# memory-mapped on disk and are gathered batch by batch through numpy.
+# Inputs up to this size are held in memory once per job; larger arrays stay memory-mapped on
+# disk and are gathered batch by batch through numpy.
 IN_MEMORY_BYTES = 1 << 30
 
 
 def _numpy_gather(inputs: np.ndarray, labels: np.ndarray):
     def gather(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return np.asarray(inputs[idx], dtype=np.float32), labels[idx].astype(np.int32)
+        return np.asarray(inputs[idx]), labels[idx]
 
     def to_tensors(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        x, y = tf.numpy_function(gather, [idx], [tf.float32, tf.int32], stateful=False)
+        x, y = tf.numpy_function(gather, [idx], [tf.as_dtype(inputs.dtype), tf.int32], stateful=False)
         x.set_shape((None, *inputs.shape[1:]))
         y.set_shape((None,))
         return x, y

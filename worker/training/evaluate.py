@@ -35,7 +35,7 @@ def evaluate(ctx: JobContext, manifest: Manifest, started: float) -> JobResult:
         images = data.load_images(
             ctx.dataset_dir, manifest, "test", model.input_shape[1], ctx.local_cache_dir, ctx.should_stop
         )
-        batches = data.batches(images, files.labels, np.arange(len(images)), ctx.spec.training.batch_size)
+        batches = data.Batches(images, files.labels, ctx.spec.training.batch_size).in_order()
         probabilities = model.predict(batches, callbacks=[StopPoller(ctx.should_stop)], verbose=0)
     except StopRequested as stop:
         return _stopped(ctx, model, stop.reason, started)

@@ -14,8 +14,11 @@ An entry is `{feature_cache_prefix}/{key}/`:
 The data files carry a per-writer token, so two workers racing to build one entry never
 overwrite each other's files; the loser deletes its own and uses the winner's entry.
 
-The weights part of the key is a checksum of the base's weights as loaded, not the spec's
-string: it tells "imagenet" from a file from a random init (whose value depends on the seed).
+The weights part of the key names the base's weights without building the base (which takes
+seconds): "imagenet" (fixed per Keras version, which the key holds), a weights file by its
+sha256, or a random init by its seed. A job that hits the entry never builds the base while
+it trains: it fits the head alone and assembles the complete model once, at the end, from the
+entry's base weights (a base built once per process and entry, see `Entry.base_model`).
 """
 
 from __future__ import annotations
@@ -40,10 +43,10 @@ from shared.jobs import JobSpec
 from shared.ports import ArtifactStore
 from worker.training import data
 from worker.training.stopping import ShouldStop, check
-from worker.training.models import architecture, feature_extractor, find_base, weights_checksum
+from worker.training.models import architecture, base_features, build_base, copy_head, load_weights_strictly, transfer_model
 
 log = logging.getLogger(__name__)
-ENTRY_VERSION = 1
+ENTRY_VERSION = 2
 
 
 def applies(spec: JobSpec) -> bool:
@@ -58,18 +61,41 @@ def applies(spec: JobSpec) -> bool:
     )
 
 
-def entry_key(spec: JobSpec, base_checksum: str, dataset_checksum: str) -> str:
+def weights_identity(spec: JobSpec, weights_path: Path | None) -> str:
+    """What the base's weights are, for the key: without building the base."""
+    if spec.model.weights is None:
+        return f"random-init:seed={spec.training.seed}"
+    if spec.model.weights == "imagenet":
+        return "imagenet"
+    if weights_path is None:
+        raise PermanentError(f"weights file {spec.model.weights!r} is not available locally")
+    return f"file:sha256={_sha256(weights_path)}"
+
+
+def entry_key(spec: JobSpec, weights_id: str, dataset_checksum: str) -> str:
     arch = architecture(spec.model.architecture)
     identity = {
         "version": ENTRY_VERSION,
         "architecture": arch.name,
         "image_size": spec.model.image_size,
-        "weights": base_checksum,
+        "weights": weights_id,
         "preprocessing": f"keras.applications.{arch.module}.preprocess_input@keras-{keras.__version__}",
         "resize": data.RESIZE_METHOD,
         "dataset": dataset_checksum,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+
+
+# The base of the entry this process used last, by entry key: a worker runs the jobs of a study
+# one after another, and building a base (seconds) once per entry instead of once per job is
+# what keeps head-only jobs cheap. One entry only: bases are large.
+_BASES: dict[str, keras.Model] = {}
+
+
+def _remember_base(key: str, base: keras.Model) -> keras.Model:
+    _BASES.clear()
+    _BASES[key] = base
+    return base
 
 
 @dataclass
@@ -79,11 +105,26 @@ class Entry:
     manifest: dict[str, Any]
     features: np.ndarray  # read-only, memory-mapped
 
-    def base_weights(self, artifacts: ArtifactStore, local_dir: Path) -> Path:
-        local = Path(local_dir) / self.manifest["base_weights"]
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(self.features.shape[1:])
+
+    @property
+    def base_params(self) -> int:
+        return int(self.manifest["base_params"])
+
+    def base_model(self, spec: JobSpec, artifacts: ArtifactStore, local_dir: Path) -> keras.Model:
+        """The very base the features came from (a random-init base is not guaranteed to come
+        out the same on another host), built once per process."""
+        if self.key in _BASES:
+            return _BASES[self.key]
+        local = Path(local_dir) / self.key / self.manifest["base_weights"]
         if not local.is_file():
             artifacts.get_file(f"{self.prefix}/{self.manifest['base_weights']}", local)
-        return local
+        model_spec = spec.model.model_copy(update={"weights": None})
+        base = build_base(architecture(spec.model.architecture), model_spec, None)
+        load_weights_strictly(base, local, f"feature cache base weights {self.prefix}", "the job's base")
+        return _remember_base(self.key, base)
 
 
 class FeatureCache:
@@ -93,17 +134,18 @@ class FeatureCache:
         self.local_dir = Path(local_dir)
 
     def get_or_build(
-        self, spec: JobSpec, model: keras.Model, dataset_checksum: str, labels: np.ndarray,
+        self, spec: JobSpec, weights_path: Path | None, dataset_checksum: str, labels: np.ndarray,
         images: Callable[[], np.ndarray], should_stop: ShouldStop | None = None,
     ) -> Entry:
-        """The entry for `model`'s base on this dataset, built (from `images()`) only on a miss."""
-        key = entry_key(spec, weights_checksum(find_base(model)), dataset_checksum)
+        """The entry for this job's base on this dataset, built (from `images()`) only on a miss."""
+        key = entry_key(spec, weights_identity(spec, weights_path), dataset_checksum)
         entry = self.open(key, labels)
         if entry is not None:
             log.info("feature cache hit: %s", key)
             return entry
         log.info("feature cache miss: computing %s", key)
-        return self._build(key, spec, model, dataset_checksum, labels, images(), should_stop)
+        base = build_base(architecture(spec.model.architecture), spec.model, weights_path)
+        return self._build(key, spec, base, dataset_checksum, labels, images(), should_stop)
 
     def open(self, key: str, labels: np.ndarray) -> Entry | None:
         """A committed entry (its features downloaded once per host), or None."""
@@ -133,17 +175,18 @@ class FeatureCache:
         return path
 
     def _build(
-        self, key: str, spec: JobSpec, model: keras.Model, dataset_checksum: str, labels: np.ndarray,
+        self, key: str, spec: JobSpec, base: keras.Model, dataset_checksum: str, labels: np.ndarray,
         images: np.ndarray, should_stop: ShouldStop | None = None,
     ) -> Entry:
         token = uuid.uuid4().hex[:12]
         prefix = f"{self.prefix}/{key}"
         features_name, weights_name = f"features-{token}.npy", f"base-{token}.weights.h5"
+        extractor = base_features(spec.model, base)
         features_path = compute_features(
-            model, images, spec.training.batch_size, self._local(key) / features_name, should_stop
+            extractor, images, spec.training.batch_size, self._local(key) / features_name, should_stop
         )
         weights_path = self._local(key) / weights_name
-        find_base(model).base.save_weights(weights_path)
+        base.save_weights(weights_path)
         uploaded = [f"{prefix}/{features_name}", f"{prefix}/{weights_name}"]
         self.artifacts.put_file(features_path, uploaded[0])
         self.artifacts.put_file(weights_path, uploaded[1])
@@ -159,10 +202,12 @@ class FeatureCache:
             "features": features_name,
             "features_sha256": _sha256(features_path),
             "base_weights": weights_name,
+            "base_params": int(base.count_params()),
             "labels": labels.tolist(),
             "created_at": time.time(),
         }
         if self.artifacts.put_bytes(f"{prefix}/manifest.json", json.dumps(manifest).encode(), if_absent=True):
+            _remember_base(key, base)
             return Entry(key, prefix, manifest, np.load(features_path, mmap_mode="r"))
         log.info("feature cache %s: another worker committed it first; using theirs", key)
         for uploaded_key in uploaded:
@@ -175,21 +220,29 @@ class FeatureCache:
         return entry
 
 
+def complete_model(
+    entry: Entry, spec: JobSpec, head: keras.Model, artifacts: ArtifactStore, local_dir: Path
+) -> keras.Model:
+    """The classifier that `best.keras` holds: the entry's base with the trained `head`."""
+    base = entry.base_model(spec, artifacts, local_dir)
+    model = transfer_model(spec.model, base, head.output_shape[-1], spec.training.seed)
+    copy_head(head, model)
+    return model
+
+
 def compute_features(
-    model: keras.Model, images: np.ndarray, batch_size: int, path: Path, should_stop: ShouldStop | None = None
+    extractor: keras.Model, images: np.ndarray, batch_size: int, path: Path, should_stop: ShouldStop | None = None
 ) -> Path:
-    """The base's outputs (preprocessing + base, inference mode) for every image, in order,
+    """The extractor's outputs (preprocessing + base, inference mode) for every image, in order,
     written straight to a memory-mapped .npy so a large dataset never sits in memory twice."""
-    extractor = feature_extractor(model)
     shape = (len(images), *extractor.output_shape[1:])
     fd, name = tempfile.mkstemp(prefix=".tmp-", suffix=".npy", dir=path.parent)
     os.close(fd)
     temp = Path(name)
     try:
         out = np.lib.format.open_memmap(temp, mode="w+", dtype=np.float32, shape=shape)
-        index = np.arange(len(images))
         start = 0
-        for x, _ in data.batches(images, np.zeros(len(images), np.int32), index, batch_size):
+        for x, _ in data.Batches(images, np.zeros(len(images), np.int32), batch_size).in_order():
             check(should_stop)
             batch = extractor.predict_on_batch(x)
             out[start : start + len(batch)] = batch

@@ -8,7 +8,6 @@ Lambdas, so the two custom layers are registered serializable classes instead.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import warnings
 from collections.abc import Callable
@@ -95,18 +94,35 @@ class InferenceBase(layers.Layer):
         return cls(**config)
 
 
-def build_model(spec: ModelSpec, num_classes: int, weights_path: Path | None = None) -> keras.Model:
+def build_model(spec: ModelSpec, num_classes: int, weights_path: Path | None = None, seed: int = 0) -> keras.Model:
     """A new, uncompiled classifier for `spec`; `weights_path` is the local copy of a weights file
-    when `spec.weights` names one ("imagenet" and None need none)."""
+    when `spec.weights` names one ("imagenet" and None need none). `seed` seeds the head."""
     arch = architecture(spec.architecture)
     if arch.is_benchmark:
         return _with_file_weights(benchmark_cnn(spec.image_size, num_classes), spec, weights_path)
+    return transfer_model(spec, build_base(arch, spec, weights_path), num_classes, seed)
+
+
+def transfer_model(spec: ModelSpec, base: keras.Model, num_classes: int, seed: int) -> keras.Model:
+    """Preprocessing, the frozen `base` (a `keras.applications` model) and a new head."""
+    features = base_features(spec, base)
+    return keras.Model(features.input, head(features.output, spec.head, num_classes, seed), name=spec.architecture)
+
+
+def base_features(spec: ModelSpec, base: keras.Model) -> keras.Model:
+    """Image -> preprocessing -> the base in inference mode: what the feature cache stores."""
     inputs = keras.Input((spec.image_size, spec.image_size, 3), name="image")
-    x = Preprocess(arch.name, name="preprocess")(inputs)
-    base = InferenceBase(build_base(arch, spec, weights_path), name=BASE_LAYER)
-    base.trainable = False  # transfer learning trains the head only; fine-tuning unfreezes later
-    x = base(x)
-    return keras.Model(inputs, head(x, spec.head, num_classes), name=arch.name)
+    x = Preprocess(spec.architecture, name="preprocess")(inputs)
+    wrapped = InferenceBase(base, name=BASE_LAYER)
+    wrapped.trainable = False  # transfer learning trains the head only; fine-tuning unfreezes later
+    return keras.Model(inputs, wrapped(x), name="features")
+
+
+def head_classifier(feature_shape: tuple[int, ...], spec: Head, num_classes: int, seed: int) -> keras.Model:
+    """The head alone, on base outputs: what head-only training on cached features fits. Same
+    layer names, same seeded initial weights as the head of `build_model`."""
+    inputs = keras.Input(tuple(feature_shape), name="features")
+    return keras.Model(inputs, head(inputs, spec, num_classes, seed), name="head")
 
 
 def benchmark_cnn(image_size: int, num_classes: int) -> keras.Model:
@@ -123,9 +139,10 @@ def benchmark_cnn(image_size: int, num_classes: int) -> keras.Model:
     return keras.Model(inputs, outputs, name="benchmark")
 
 
-def head(x: Any, spec: Head, num_classes: int) -> Any:
-    """The bottleneck head. Layer names are fixed: head-only training and the feature cache
-    find the head's layers by name."""
+def head(x: Any, spec: Head, num_classes: int, seed: int) -> Any:
+    """The bottleneck head. Layer names are fixed: head-only training and the feature cache find
+    the head's layers by name. Its random draws are seeded by `seed` alone, not by what was built
+    before it, so a head built on cached features starts exactly like one built on the base."""
     if spec.pooling == "flatten":
         x = layers.Flatten(name="head_pool")(x)
     else:
@@ -133,14 +150,20 @@ def head(x: Any, spec: Head, num_classes: int) -> Any:
     x = layers.Dense(
         spec.units,
         activation="relu",
+        kernel_initializer=keras.initializers.GlorotUniform(seed=_head_seed(seed, 0)),
         kernel_regularizer=keras.regularizers.L2(spec.kernel_l2) if spec.kernel_l2 else None,
         activity_regularizer=keras.regularizers.L1(spec.activity_l1) if spec.activity_l1 else None,
         name="head_dense",
     )(x)
     x = layers.BatchNormalization(name="head_bn")(x)
     if spec.dropout > 0:
-        x = layers.Dropout(spec.dropout, name="head_dropout")(x)
-    return layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+        x = layers.Dropout(spec.dropout, seed=_head_seed(seed, 1), name="head_dropout")(x)
+    kernel = keras.initializers.GlorotUniform(seed=_head_seed(seed, 2))
+    return layers.Dense(num_classes, activation="softmax", kernel_initializer=kernel, name="predictions")(x)
+
+
+def _head_seed(seed: int, layer: int) -> int:
+    return int(np.random.SeedSequence([seed % 2**32, 7, layer]).generate_state(1)[0] % 2**31)
 
 
 def build_base(arch: Architecture, spec: ModelSpec, weights_path: Path | None) -> keras.Model:
@@ -205,17 +228,8 @@ def find_base(model: keras.Model) -> InferenceBase | None:
 
 
 def feature_extractor(model: keras.Model) -> keras.Model:
-    """Preprocessing + base of a transfer model: what the feature cache stores."""
+    """Preprocessing + base of a complete transfer model."""
     return keras.Model(model.input, model.get_layer(BASE_LAYER).output, name="features")
-
-
-def head_model(model: keras.Model) -> keras.Model:
-    """The head alone, on base outputs. It shares its layers (and so its weights) with `model`."""
-    inputs = keras.Input(tuple(model.get_layer(BASE_LAYER).output.shape[1:]), name="features")
-    x = inputs
-    for name in head_layer_names(model):
-        x = model.get_layer(name)(x)
-    return keras.Model(inputs, x, name="head")
 
 
 def head_layer_names(model: keras.Model) -> list[str]:
@@ -227,16 +241,6 @@ def copy_head(source: keras.Model, target: keras.Model) -> None:
     """Copy the head's weights between a head-only model and a complete one (matched by name)."""
     for name in head_layer_names(source):
         target.get_layer(name).set_weights(source.get_layer(name).get_weights())
-
-
-def weights_checksum(layer: layers.Layer) -> str:
-    """Content identity of a layer's weights (shapes and values, in the layer's own order)."""
-    digest = hashlib.sha256()
-    for value in layer.get_weights():
-        array = np.ascontiguousarray(value)
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
 
 
 def count_params(model: keras.Model) -> tuple[int, int]:

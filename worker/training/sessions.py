@@ -2,8 +2,8 @@
 
 Three shapes of session, one training loop:
 - train through the model (benchmark CNN, augmentation, feature cache off): fit the classifier;
-- train on cached features: fit the head alone on the base's outputs, and copy its weights into
-  the complete classifier whenever a checkpoint is saved;
+- train on cached features: fit the head alone on the base's outputs; the complete classifier
+  (the entry's base + the best epoch's head) is assembled once, when the job completes;
 - fine-tune: fit the parent's best model with the top of its base unfrozen.
 A resumed session takes the model (with optimizer state) and progress from `state/`.
 """
@@ -22,15 +22,7 @@ from worker.training import data, features
 from worker.training.context import JobContext
 from worker.training.finetune import unfreeze
 from worker.training.inputs import fetch_weights, load_parent
-from worker.training.models import (
-    architecture,
-    build_model,
-    copy_head,
-    find_base,
-    head_model,
-    load_model,
-    load_weights_strictly,
-)
+from worker.training.models import architecture, build_model, count_params, head_classifier, load_model
 from worker.training.optimizers import make_optimizer
 from worker.training.state import Progress, StateStore, restore_rng_state
 
@@ -38,18 +30,21 @@ from worker.training.state import Progress, StateStore, restore_rng_state
 @dataclass
 class Session:
     trainer: keras.Model  # compiled: what `fit` runs
-    export: keras.Model  # the complete classifier that best.keras holds
     inputs: np.ndarray  # images or cached features, one row per train-split image
     labels: np.ndarray
     train_idx: np.ndarray
     val_idx: np.ndarray
     progress: Progress
-    feature_entry: str | None = None  # artifact prefix of the feature-cache entry in use
+    entry: features.Entry | None = None  # the feature-cache entry that the head trains on
 
-    def export_model(self) -> keras.Model:
-        if self.trainer is not self.export:
-            copy_head(self.trainer, self.export)
-        return self.export
+    @property
+    def on_features(self) -> bool:
+        return self.entry is not None
+
+    def params(self) -> tuple[int, int]:
+        """(total, trainable) parameters of the complete classifier."""
+        total, trainable = count_params(self.trainer)
+        return (total + self.entry.base_params if self.entry else total), trainable
 
 
 def compile_model(model: keras.Model, optimizer: OptimizerSpec) -> None:
@@ -66,7 +61,7 @@ def open_session(ctx: JobContext, manifest: Manifest, states: StateStore) -> Ses
     if spec.kind == "finetune":
         trainer = _finetune_model(ctx, progress, states)
         images = _images(ctx, manifest, trainer.input_shape[1])
-        return Session(trainer, trainer, images, labels, train_idx, val_idx, progress or Progress())
+        return Session(trainer, images, labels, train_idx, val_idx, progress or Progress())
     if progress is None:
         return _new_train(ctx, manifest, labels, train_idx, val_idx)
     return _resumed_train(ctx, manifest, labels, train_idx, val_idx, progress, states)
@@ -76,7 +71,7 @@ def _images(ctx: JobContext, manifest: Manifest, image_size: int) -> np.ndarray:
     return data.load_images(ctx.dataset_dir, manifest, "train", image_size, ctx.local_cache_dir, ctx.should_stop)
 
 
-def _cache(ctx: JobContext) -> features.FeatureCache:
+def cache(ctx: JobContext) -> features.FeatureCache:
     return features.FeatureCache(ctx.artifacts, ctx.feature_cache_prefix, ctx.local_cache_dir / "features")
 
 
@@ -84,18 +79,19 @@ def _new_train(
     ctx: JobContext, manifest: Manifest, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray
 ) -> Session:
     spec = ctx.spec
-    model = build_model(spec.model, len(manifest.classes), fetch_weights(ctx))
     if not features.applies(spec):
+        model = build_model(spec.model, len(manifest.classes), fetch_weights(ctx), spec.training.seed)
         compile_model(model, spec.optimizer)
         images = _images(ctx, manifest, spec.model.image_size)
-        return Session(model, model, images, labels, train_idx, val_idx, Progress())
-    entry = _cache(ctx).get_or_build(
-        spec, model, manifest.checksum, labels, lambda: _images(ctx, manifest, spec.model.image_size), ctx.should_stop
+        return Session(model, images, labels, train_idx, val_idx, Progress())
+    entry = cache(ctx).get_or_build(
+        spec, fetch_weights(ctx), manifest.checksum, labels,
+        lambda: _images(ctx, manifest, spec.model.image_size), ctx.should_stop,
     )
-    trainer = head_model(model)  # shares the head's layers with `model`
+    trainer = head_classifier(entry.feature_shape, spec.model.head, len(manifest.classes), spec.training.seed)
     compile_model(trainer, spec.optimizer)
     progress = Progress(feature_cache=entry.key)
-    return Session(trainer, model, entry.features, labels, train_idx, val_idx, progress, entry.prefix)
+    return Session(trainer, entry.features, labels, train_idx, val_idx, progress, entry)
 
 
 def _resumed_train(
@@ -105,17 +101,11 @@ def _resumed_train(
     trainer = _load_state_model(states, progress)
     if progress.feature_cache is None:
         images = _images(ctx, manifest, ctx.spec.model.image_size)
-        return Session(trainer, trainer, images, labels, train_idx, val_idx, progress)
-    cache = _cache(ctx)
-    entry = cache.open(progress.feature_cache, labels)
+        return Session(trainer, images, labels, train_idx, val_idx, progress)
+    entry = cache(ctx).open(progress.feature_cache, labels)
     if entry is None:
         raise PermanentError(f"feature cache entry {progress.feature_cache} that this job trained on is gone")
-    # The complete model gets the very base the features came from (no download needed).
-    export = build_model(ctx.spec.model.model_copy(update={"weights": None}), len(manifest.classes))
-    weights = entry.base_weights(ctx.artifacts, cache.local_dir / entry.key)
-    what = f"feature cache base weights {entry.prefix}"
-    load_weights_strictly(find_base(export).base, weights, what, "the job's base")
-    return Session(trainer, export, entry.features, labels, train_idx, val_idx, progress, entry.prefix)
+    return Session(trainer, entry.features, labels, train_idx, val_idx, progress, entry)
 
 
 def _finetune_model(ctx: JobContext, progress: Progress | None, states: StateStore) -> keras.Model:

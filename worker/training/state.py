@@ -68,6 +68,7 @@ class Progress:
     wait: int = 0  # early stopping: epochs since the last improvement
     stopped_early: bool = False
     model_key: str | None = None  # the saved training model of the last completed epoch
+    best_model_key: str | None = None  # the saved training model of the best epoch, when kept
     feature_cache: str | None = None  # the feature-cache entry that head-only training reads
     rng: list[list[int]] = field(default_factory=list)  # the model's seed-generator states (Dropout)
 
@@ -127,26 +128,32 @@ class StateStore:
         except NotFoundError:
             return None
 
-    def model_path(self, progress: Progress) -> Path:
-        """The training model of the last completed epoch, downloaded."""
-        assert progress.model_key is not None, "a saved state always names its model"
-        local = self.work_dir / Path(progress.model_key).name
-        self.artifacts.get_file(progress.model_key, local)
+    def model_path(self, progress: Progress, key: str | None = None) -> Path:
+        """A saved training model (by default the last completed epoch's), downloaded."""
+        key = key or progress.model_key
+        assert key is not None, "a saved state always names its model"
+        local = self.work_dir / Path(key).name
+        self.artifacts.get_file(key, local)
         return local
 
-    def save(self, progress: Progress, model: keras.Model) -> None:
-        previous = progress.model_key
+    def save(self, progress: Progress, model: keras.Model, keep_best: bool = False) -> None:
+        """Commit the epoch just recorded in `progress`. `keep_best` also keeps the best epoch's
+        model file (small for a head on cached features), from which the complete best model is
+        assembled once, at the end, instead of at every improvement."""
+        superseded = {progress.model_key, progress.best_model_key}
         name = f"epoch-{progress.epoch:04d}.keras"
         local = self.work_dir / name
         local.parent.mkdir(parents=True, exist_ok=True)
         model.save(local)  # a compiled model: weights AND optimizer state (iterations, moments)
         progress.rng = rng_state(model)
         progress.model_key = f"{self.prefix}/{name}"
+        if keep_best and progress.best_epoch == progress.epoch:
+            progress.best_model_key = progress.model_key
         self.artifacts.put_file(local, progress.model_key)
         self.artifacts.put_bytes(self.state_key, progress.to_json())  # the commit point
         local.unlink(missing_ok=True)
-        if previous and previous != progress.model_key:
-            self.artifacts.delete(previous)
+        for key in superseded - {progress.model_key, progress.best_model_key, None}:
+            self.artifacts.delete(key)
 
     def published_best(self) -> int | None:
         """The epoch whose model `best.keras` holds, as far as the store knows."""

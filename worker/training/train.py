@@ -7,17 +7,24 @@ a resumed job does not have; `state.Progress` does their work and is saved with 
 
 A stop request (see stopping.py) abandons the epoch in progress: a resumed job redoes it from
 the last saved state.
+
+`best.keras` is the complete classifier of the best epoch. Training through the model saves it
+at every improvement (the state keeps only the last epoch's model). A head trained on cached
+features keeps its best epoch's (small) model in the state instead, and the complete classifier
+is assembled and saved once, when the job completes: a base is seconds to build and save.
 """
 
 from __future__ import annotations
 
 import time
 
-from worker.training import data
+import keras
+
+from worker.training import data, features
 from worker.training.context import EpochReport, JobContext, JobResult
 from worker.training.logs import EpochLogs
-from worker.training.models import count_params
-from worker.training.sessions import Session
+from worker.training.models import load_model
+from worker.training.sessions import Session, cache
 from worker.training.state import Monitor, Progress, StateStore
 from worker.training.stopping import StopPoller, StopRequested, check
 
@@ -28,14 +35,15 @@ def train(ctx: JobContext, session: Session, states: StateStore, started: float)
     logs = EpochLogs(ctx.artifacts, ctx.prefix, ctx.work_dir)
     progress = session.progress
     _repair_after_crash(ctx, session, states, logs)
-    validation = data.batches(session.inputs, session.labels, session.val_idx, spec.batch_size)
+    batches = data.Batches(session.inputs, session.labels, spec.batch_size)
+    validation = batches.epoch(session.val_idx)
     poller = StopPoller(ctx.should_stop)
     try:
         while not progress.finished(spec.epochs):
             epoch_started = time.monotonic()
             try:
                 check(ctx.should_stop)
-                metrics = _fit_one_epoch(ctx, session, validation, poller)
+                metrics = _fit_one_epoch(ctx, session, batches, validation, poller)
             except StopRequested as stop:
                 return _result(ctx, session, "stopped", stop.reason, started)
             seconds = time.monotonic() - epoch_started
@@ -43,17 +51,20 @@ def train(ctx: JobContext, session: Session, states: StateStore, started: float)
             _end_of_epoch(ctx, session, states, logs, improved, EpochReport(progress.epoch, metrics, seconds))
     finally:
         logs.close()
+    if session.on_features:
+        _publish_assembled_best(ctx, session, states)
     return _result(ctx, session, "completed", None, started)
 
 
-def _fit_one_epoch(ctx: JobContext, session: Session, validation, poller: StopPoller) -> dict[str, float]:
+def _fit_one_epoch(
+    ctx: JobContext, session: Session, batches: data.Batches, validation, poller: StopPoller
+) -> dict[str, float]:
     spec = ctx.spec.training
     epoch = session.progress.epoch  # 0-based index of the epoch about to run
     order = data.epoch_order(session.train_idx, spec.seed, epoch, spec.data_fraction)
     augment = data.augmentation_layers(spec.augmentation, data.augmentation_seed(spec.seed, epoch))
-    batches = data.batches(session.inputs, session.labels, order, spec.batch_size, augment)
     history = session.trainer.fit(
-        batches,
+        batches.epoch(order, augment),
         validation_data=validation,
         epochs=epoch + 1,
         initial_epoch=epoch,  # so that callbacks and TensorBoard see the true epoch number
@@ -72,45 +83,55 @@ def _end_of_epoch(
     right after the commit, before the uploads: a worker killed during the uploads would
     otherwise leave a resumed job without that epoch's metrics in the store (nothing re-reports it)."""
     progress = session.progress
-    states.save(progress, session.trainer)
+    states.save(progress, session.trainer, keep_best=session.on_features)
     ctx.on_epoch(report)
-    if improved:
-        _publish_best(ctx, session, states)
+    if improved and not session.on_features:
+        _publish_best(ctx, session.trainer, states, progress)
     logs.write_epoch(progress.history)
 
 
-def _publish_best(ctx: JobContext, session: Session, states: StateStore) -> None:
-    progress = session.progress
+def _publish_best(ctx: JobContext, model: keras.Model, states: StateStore, progress: Progress) -> None:
     local = ctx.work_dir / "best.keras"
     local.parent.mkdir(parents=True, exist_ok=True)
-    session.export_model().save(local)
+    model.save(local)
     ctx.artifacts.put_file(local, f"{ctx.prefix}/best.keras")
     states.mark_published(progress.best_epoch, progress.best_metrics())
+
+
+def _publish_assembled_best(ctx: JobContext, session: Session, states: StateStore) -> None:
+    """The entry's base + the best epoch's head, unless an earlier attempt published it."""
+    progress = session.progress
+    if progress.best_epoch is None or states.published_best() == progress.best_epoch:
+        return
+    head = load_model(states.model_path(progress, progress.best_model_key))
+    model = features.complete_model(session.entry, ctx.spec, head, ctx.artifacts, cache(ctx).local_dir)
+    _publish_best(ctx, model, states, progress)
 
 
 def _repair_after_crash(ctx: JobContext, session: Session, states: StateStore, logs: EpochLogs) -> None:
     """A worker may die between the state commit and the uploads that follow it. The only best
     model that can then be missing is the one of the last saved epoch, which is the model just
-    loaded; and the CSV is rebuilt from the saved history."""
+    loaded; and the CSV is rebuilt from the saved history. (A head on cached features publishes
+    its best at the end: nothing to repair here.)"""
     progress = session.progress
     if progress.epoch == 0:
         return
-    if progress.best_epoch is not None and states.published_best() != progress.best_epoch:
+    if progress.best_epoch is not None and not session.on_features and states.published_best() != progress.best_epoch:
         if progress.best_epoch == progress.epoch:
-            _publish_best(ctx, session, states)
+            _publish_best(ctx, session.trainer, states, progress)
     logs.write_csv(progress.history)
 
 
 def _result(ctx: JobContext, session: Session, outcome: str, reason: str | None, started: float) -> JobResult:
     progress = session.progress
-    total, trainable = count_params(session.export)
+    total, trainable = session.params()
     artifacts = {
         "log_csv": f"{ctx.prefix}/log.csv",
         "tensorboard": f"{ctx.prefix}/tensorboard",
         "state": f"{ctx.prefix}/state",
     }
-    if session.feature_entry:
-        artifacts["feature_cache"] = session.feature_entry
+    if session.entry is not None:
+        artifacts["feature_cache"] = session.entry.prefix
     return progress_result(ctx, progress, outcome, reason, started, total, trainable, artifacts)
 
 
