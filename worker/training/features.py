@@ -104,6 +104,7 @@ class Entry:
     prefix: str  # where the entry lives in the artifact store
     manifest: dict[str, Any]
     features: np.ndarray  # read-only, memory-mapped
+    local_dir: Path  # this host's copy of the entry's files
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -113,12 +114,12 @@ class Entry:
     def base_params(self) -> int:
         return int(self.manifest["base_params"])
 
-    def base_model(self, spec: JobSpec, artifacts: ArtifactStore, local_dir: Path) -> keras.Model:
+    def base_model(self, spec: JobSpec, artifacts: ArtifactStore) -> keras.Model:
         """The very base the features came from (a random-init base is not guaranteed to come
         out the same on another host), built once per process."""
         if self.key in _BASES:
             return _BASES[self.key]
-        local = Path(local_dir) / self.key / self.manifest["base_weights"]
+        local = self.local_dir / self.manifest["base_weights"]
         if not local.is_file():
             artifacts.get_file(f"{self.prefix}/{self.manifest['base_weights']}", local)
         model_spec = spec.model.model_copy(update={"weights": None})
@@ -159,7 +160,7 @@ class FeatureCache:
         local = self._local(key) / manifest["features"]
         if not local.is_file():
             self._download(f"{prefix}/{manifest['features']}", local, manifest["features_sha256"])
-        return Entry(key, prefix, manifest, np.load(local, mmap_mode="r"))
+        return Entry(key, prefix, manifest, np.load(local, mmap_mode="r"), local.parent)
 
     def _download(self, key: str, local: Path, sha256: str) -> None:
         temp = local.with_name(f".tmp-{uuid.uuid4().hex}-{local.name}")
@@ -208,7 +209,7 @@ class FeatureCache:
         }
         if self.artifacts.put_bytes(f"{prefix}/manifest.json", json.dumps(manifest).encode(), if_absent=True):
             _remember_base(key, base)
-            return Entry(key, prefix, manifest, np.load(features_path, mmap_mode="r"))
+            return Entry(key, prefix, manifest, np.load(features_path, mmap_mode="r"), features_path.parent)
         log.info("feature cache %s: another worker committed it first; using theirs", key)
         for uploaded_key in uploaded:
             self.artifacts.delete(uploaded_key)
@@ -220,11 +221,9 @@ class FeatureCache:
         return entry
 
 
-def complete_model(
-    entry: Entry, spec: JobSpec, head: keras.Model, artifacts: ArtifactStore, local_dir: Path
-) -> keras.Model:
+def complete_model(entry: Entry, spec: JobSpec, head: keras.Model, artifacts: ArtifactStore) -> keras.Model:
     """The classifier that `best.keras` holds: the entry's base with the trained `head`."""
-    base = entry.base_model(spec, artifacts, local_dir)
+    base = entry.base_model(spec, artifacts)
     model = transfer_model(spec.model, base, head.output_shape[-1], spec.training.seed)
     copy_head(head, model)
     return model

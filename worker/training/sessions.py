@@ -71,7 +71,7 @@ def _images(ctx: JobContext, manifest: Manifest, image_size: int) -> np.ndarray:
     return data.load_images(ctx.dataset_dir, manifest, "train", image_size, ctx.local_cache_dir, ctx.should_stop)
 
 
-def cache(ctx: JobContext) -> features.FeatureCache:
+def _cache(ctx: JobContext) -> features.FeatureCache:
     return features.FeatureCache(ctx.artifacts, ctx.feature_cache_prefix, ctx.local_cache_dir / "features")
 
 
@@ -84,7 +84,7 @@ def _new_train(
         compile_model(model, spec.optimizer)
         images = _images(ctx, manifest, spec.model.image_size)
         return Session(model, images, labels, train_idx, val_idx, Progress())
-    entry = cache(ctx).get_or_build(
+    entry = _cache(ctx).get_or_build(
         spec, fetch_weights(ctx), manifest.checksum, labels,
         lambda: _images(ctx, manifest, spec.model.image_size), ctx.should_stop,
     )
@@ -102,7 +102,7 @@ def _resumed_train(
     if progress.feature_cache is None:
         images = _images(ctx, manifest, ctx.spec.model.image_size)
         return Session(trainer, images, labels, train_idx, val_idx, progress)
-    entry = cache(ctx).open(progress.feature_cache, labels)
+    entry = _cache(ctx).open(progress.feature_cache, labels)
     if entry is None:
         raise PermanentError(f"feature cache entry {progress.feature_cache} that this job trained on is gone")
     return Session(trainer, entry.features, labels, train_idx, val_idx, progress, entry)

@@ -24,7 +24,7 @@ from worker.training import data, features
 from worker.training.context import EpochReport, JobContext, JobResult
 from worker.training.logs import EpochLogs
 from worker.training.models import load_model
-from worker.training.sessions import Session, cache
+from worker.training.sessions import Session
 from worker.training.state import Monitor, Progress, StateStore
 from worker.training.stopping import StopPoller, StopRequested, check
 
@@ -104,7 +104,7 @@ def _publish_assembled_best(ctx: JobContext, session: Session, states: StateStor
     if progress.best_epoch is None or states.published_best() == progress.best_epoch:
         return
     head = load_model(states.model_path(progress, progress.best_model_key))
-    model = features.complete_model(session.entry, ctx.spec, head, ctx.artifacts, cache(ctx).local_dir)
+    model = features.complete_model(session.entry, ctx.spec, head, ctx.artifacts)
     _publish_best(ctx, model, states, progress)
 
 
