@@ -53,5 +53,10 @@ class LeaseLostError(ConflictError):
     """
 
 
+class CorruptRecordError(PermanentError):
+    """A record read back from the store does not validate (written by a newer, older or hostile
+    writer). The job it names can never run as stored: record it FAILED or set it aside."""
+
+
 class ResourceMissingError(FatalError):
     """A queue, table or bucket that the configuration names does not exist."""

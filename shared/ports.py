@@ -142,3 +142,13 @@ class ArtifactStore(Protocol):
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
     def delete(self, key: str) -> None: ...
     def uri(self, key: str) -> str: ...
+
+
+@dataclass
+class Backend:
+    """The three ports of one configured backend (`shared.backends.factory.open_backend`)."""
+
+    queue: JobQueue
+    store: JobStore
+    artifacts: ArtifactStore
+    name: str = "local"

@@ -16,7 +16,8 @@ import pandas as pd
 import typer
 from rich.console import Console
 
-from shared.backends.factory import Backend, open_backend
+from shared.backends.factory import open_backend
+from shared.ports import Backend
 from shared.errors import BadInputError, NotFoundError, SpotsweepError
 from submitter import service
 from submitter.leaderboard import for_table, leaderboard, matrix

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from shared.backends.factory import Backend
+from shared.ports import Backend
 from shared.errors import BadInputError, NotFoundError
 from shared.jobs import JobRecord
 from shared.ports import ArtifactStore

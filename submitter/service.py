@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.backends.factory import Backend
+from shared.ports import Backend
 from shared.errors import BadInputError, NotFoundError
 from shared.followups import enqueue_followups, evaluate_spec, finetune_spec, evaluation_candidates
 from shared.jobs import JobRecord, StudyRecord

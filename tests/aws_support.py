@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from shared.backends.factory import Backend
+from shared.ports import Backend
 from shared.config import BackendConfig
 
 REGION = "us-east-1"

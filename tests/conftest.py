@@ -10,7 +10,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 
-from shared.backends.factory import Backend, open_local  # noqa: E402
+from shared.backends.factory import open_local  # noqa: E402
+from shared.ports import Backend  # noqa: E402
 from shared.config import BackendConfig  # noqa: E402
 
 

@@ -15,7 +15,8 @@ from typing import Any, Optional
 
 import typer
 
-from shared.backends.factory import Backend, open_backend
+from shared.backends.factory import open_backend
+from shared.ports import Backend
 from shared.errors import BadInputError, FatalError, SpotsweepError
 from worker import logs
 from worker.imds import Imds, SpotWatcher, on_ec2

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.backends.factory import Backend
+from shared.ports import Backend
 from shared.datasets import resolve_dataset
 from shared.errors import FatalError, LeaseLostError, PermanentError
 from shared.jobs import EpochRecord, JobMessage, JobRecord, PoisonMessage, parse_message

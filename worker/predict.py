@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.backends.factory import Backend
+from shared.ports import Backend
 from shared.errors import BadInputError, NotFoundError
 from shared.manifest import MANIFEST_NAME
 

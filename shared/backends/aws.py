@@ -23,7 +23,7 @@ from shared.backends.aws_dynamo import JOB_INDEX, DynamoJobStore
 from shared.backends.aws_errors import error_code, missing_message, translate
 from shared.backends.aws_s3 import S3ArtifactStore
 from shared.backends.aws_sqs import SqsJobQueue, redrive_policy
-from shared.backends.factory import Backend
+from shared.ports import Backend
 from shared.config import BackendConfig
 from shared.errors import FatalError, ResourceMissingError
 

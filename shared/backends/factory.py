@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from shared.config import BackendConfig
 from shared.errors import FatalError
-from shared.ports import ArtifactStore, JobQueue, JobStore
-
-
-@dataclass
-class Backend:
-    queue: JobQueue
-    store: JobStore
-    artifacts: ArtifactStore
-    name: str = "local"
+from shared.ports import Backend
 
 
 def open_local(config: BackendConfig) -> Backend:

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from shared.backends.factory import Backend, open_local
+from shared.backends.factory import open_local
+from shared.ports import Backend
 from shared.config import BackendConfig
 
 LEASE_S = 2.0  # short, so that visibility expiry is observable in a test

@@ -26,7 +26,8 @@ from typing import Any
 
 import pytest
 
-from shared.backends.factory import Backend, open_backend
+from shared.backends.factory import open_backend
+from shared.ports import Backend
 from shared.config import BackendConfig
 from shared.paths import job_prefix
 from shared.status import JobStatus

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.backends.factory import Backend, open_local
+from shared.backends.factory import open_local
+from shared.ports import Backend
 from shared.config import BackendConfig
 from shared.jobs import JobRecord
 from shared.paths import job_prefix

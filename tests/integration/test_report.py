@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from shared.backends.factory import Backend, open_local
+from shared.backends.factory import open_local
+from shared.ports import Backend
 from shared.config import BackendConfig
 from shared.jobs import EpochRecord, JobRecord
 from shared.paths import job_prefix

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 
-from shared.backends.factory import Backend
+from shared.ports import Backend
 from shared.backends.local import SqliteJobStore
 from shared.errors import LeaseLostError, PermanentError
 from shared.jobs import JobMessage, JobSpec, ModelSpec, TrainingSpec, job_id_for
