@@ -1,7 +1,9 @@
 # spotsweep worker image: `worker run` on a CUDA TensorFlow base.
 #   docker build -t spotsweep-worker .
 #   docker run --rm --gpus all --network host --env-file /etc/spotsweep/worker.env \
+#     --cap-drop ALL --security-opt no-new-privileges \
 #     --volume /data:/data spotsweep-worker --idle-timeout 600
+# It runs as an unprivileged user (uid 10001) and needs no Linux capability.
 # terraform/README.md ("Running the worker as a container") shows how the instances run it.
 
 # The base pins TensorFlow (2.21.0, as pyproject.toml's tensorflow==2.21.*) with its CUDA/cuDNN.
@@ -27,8 +29,11 @@ WORKDIR /opt/spotsweep/src
 # the shared/, submitter/, worker/ packages).
 COPY . .
 
-# Dependency versions come from pyproject.toml.
-RUN pip install --no-cache-dir . \
+# Dependency versions come from pyproject.toml; the worker extra brings TensorFlow, Keras and
+# TensorBoard (the base's TensorFlow satisfies its pin and is kept). DL3013 asks for a pinned
+# version, which a local path with an extra (".[worker]") cannot carry.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[worker]" \
     && groupadd --system --gid "${SPOTSWEEP_UID}" spotsweep \
     && useradd --system --uid "${SPOTSWEEP_UID}" --gid spotsweep --create-home \
        --home-dir /home/spotsweep --shell /usr/sbin/nologin spotsweep \
@@ -39,8 +44,8 @@ USER ${SPOTSWEEP_UID}:${SPOTSWEEP_UID}
 WORKDIR /home/spotsweep
 VOLUME ["/data"]
 
-# The CLI imports and answers: the environment is intact (the job loop itself reports
-# through the job store's heartbeats).
+# The CLI answers: the worker extra is installed and the package imports (the job loop itself
+# reports through the job store's heartbeats).
 HEALTHCHECK --interval=5m --timeout=30s --start-period=1m --retries=3 \
     CMD ["worker", "--help"]
 

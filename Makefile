@@ -10,10 +10,12 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
+# The worker extra (TensorFlow, Keras, TensorBoard): the demo runs workers and the tests train.
+# A submitter alone is `pip install .`.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[worker,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

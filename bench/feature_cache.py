@@ -44,25 +44,11 @@ def study_text(cache: bool) -> str:
 
 
 def calibrated_weights(dataset: Dataset, path: Path) -> Path:
-    """A random-init base with its BatchNormalization statistics set from 256 training images."""
-    import keras
-    import numpy as np
+    """A random-init base with its BatchNormalization statistics set from 256 training images
+    (`worker.training.calibrate`, the code behind `worker weights calibrate`)."""
+    from worker.training.calibrate import write_calibrated_weights
 
-    from shared.jobs import ModelSpec
-    from worker.training import data
-    from worker.training.models import architecture, build_base, preprocess_function
-
-    manifest = data.load_manifest(dataset.prepared)
-    images = data.load_images(dataset.prepared, manifest, "train", IMAGE_SIZE, path.parent / "decoded")
-    keras.utils.set_random_seed(0)
-    base = build_base(architecture(ARCH), ModelSpec(architecture=ARCH, image_size=IMAGE_SIZE), None)
-    for layer in base.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.0  # moving statistics := this batch's statistics
-    sample = np.random.default_rng(0).permutation(len(images))[:256]
-    base(preprocess_function(ARCH)(np.asarray(images[np.sort(sample)], dtype="float32")), training=True)
-    base.save_weights(path)
-    return path
+    return write_calibrated_weights(dataset.prepared, ARCH, IMAGE_SIZE, path, path.parent / "decoded", seed=0)
 
 
 def run_study(
@@ -71,7 +57,7 @@ def run_study(
     from shared.backends.local import LocalArtifactStore
     from shared.paths import job_prefix
     from shared.study import expand, parse_study
-    from worker.training import JobContext, run_job
+    from worker.training import JobContext, JobRunner
     from worker.training.features import applies
 
     spec = parse_study(study_text(cache), "bench")
@@ -81,6 +67,7 @@ def run_study(
     store = LocalArtifactStore(workdir / mode / "artifacts")
     store.put_file(weights, WEIGHTS_KEY)
     accuracies, applied, total = [], [], 0.0
+    run_job = JobRunner()  # as a worker process runs them: consecutive jobs share the entry's base
     for job_id, job in jobs:
         ctx = JobContext(
             study_id=spec.study_id, job_id=job_id, spec=job, dataset_dir=dataset.prepared,

@@ -63,7 +63,3 @@ _ALL = [
 ]
 
 ARCHITECTURES: dict[str, Architecture] = {arch.name: arch for arch in _ALL}
-
-
-def get_architecture(name: str) -> Architecture:
-    return ARCHITECTURES[name]

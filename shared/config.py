@@ -1,6 +1,8 @@
-"""Backend configuration: the fields every process shares. Each process declares its own
-pydantic-settings class that inherits these (`SubmitterSettings`, `WorkerSettings`); nothing in
-`shared/` reads the environment itself."""
+"""Backend configuration: the fields every process shares.
+
+Each process declares its own pydantic-settings class that inherits these (`SubmitterSettings`,
+`WorkerSettings`); nothing in `shared/` reads the environment itself.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from pydantic import BaseModel, Field
 
 
 class BackendConfig(BaseModel):
+    """Which backend, where its state lives, and the lease and redrive settings of its queue."""
+
     backend: Literal["local", "aws"] = "local"
     home: Path = Path(".spotsweep")  # the embedded backend's state directory
     lease_s: float = Field(300.0, gt=0)  # visibility timeout and lease length; heartbeat every third

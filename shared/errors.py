@@ -42,11 +42,7 @@ class NotFoundError(PermanentError):
     """A study, job, dataset or artifact that was asked for does not exist."""
 
 
-class ConflictError(RetryableError):
-    """A conditional write lost: the row is not in the state the writer expected."""
-
-
-class LeaseLostError(ConflictError):
+class LeaseLostError(RetryableError):
     """This worker's fencing token is stale: another worker owns the job now.
 
     The fenced-out worker must stop and must neither ack nor release the message.

@@ -1,7 +1,9 @@
 """Follow-up jobs: fine-tuning the best models and evaluating them once on the test split.
 
 Both `submit finetune|evaluate` and the automatic follow-ups of a study (`"finetune"` and
-`"evaluate"` in the study file) come through here. Job ids are deterministic in (study, parent,
+`"evaluate"` in the study file) come through here, so that "the best K" means the same in both:
+for fine-tuning, the best K training jobs that CAN be fine-tuned (the benchmark CNN has no base to
+unfreeze, so it is passed over, not counted). Job ids are deterministic in (study, parent,
 settings), and `submit_jobs` creates only missing records, so however many workers race to
 advance a study, each follow-up job exists and is enqueued once.
 """
@@ -10,12 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
+from shared.architectures import ARCHITECTURES
 from shared.errors import BadInputError
-from shared.jobs import EarlyStopping, JobRecord, JobSpec, job_id_for
+from shared.jobs import EarlyStopping, JobRecord, JobSpec, first_error, job_id_for
 from shared.optimizers import OptimizerSpec, Sgd
 from shared.ports import JobQueue, JobStore
 from shared.ranking import top_succeeded
-from shared.study import StudySpec
+from shared.study import FinetuneFollowUp, StudySpec
 from shared.submission import SubmitReport, submit_jobs
 
 FINETUNE_OPTIMIZER = Sgd(learning_rate=1e-4, momentum=0.9)
@@ -28,7 +33,7 @@ def finetune_spec(
     epochs: int | None = None,
     early_stopping: EarlyStopping | None = EarlyStopping(),
 ) -> JobSpec:
-    if parent.spec.model.architecture == "benchmark":
+    if not can_finetune(parent):
         raise BadInputError(f"job {parent.job_id} is the benchmark CNN: there is no base to unfreeze", "job")
     training = parent.spec.training.model_copy(
         update={"epochs": epochs or parent.spec.training.epochs, "early_stopping": early_stopping, "feature_cache": False}
@@ -52,6 +57,18 @@ def with_ids(study_id: str, specs: Sequence[JobSpec]) -> list[tuple[str, JobSpec
     return [(job_id_for(study_id, spec), spec) for spec in specs]
 
 
+def can_finetune(record: JobRecord) -> bool:
+    """Whether the job's model has a pretrained base to unfreeze (the benchmark CNN has none)."""
+    return not ARCHITECTURES[record.spec.model.architecture].is_benchmark
+
+
+def finetune_candidates(jobs: Sequence[JobRecord], top: int) -> list[JobRecord]:
+    """The best `top` succeeded training jobs that can be fine-tuned, by val_accuracy, one per
+    configuration: a benchmark CNN ranked first is skipped, and the next transfer model takes its place."""
+    ranked = top_succeeded(jobs, len(jobs), "train")
+    return [record for record in ranked if can_finetune(record)][:top]
+
+
 def evaluation_candidates(jobs: Sequence[JobRecord], top: int) -> list[JobRecord]:
     """The best `top` trained models of the study, fine-tuned or not, by val_accuracy."""
     finished = [j for j in jobs if j.kind in ("train", "finetune")]
@@ -60,38 +77,65 @@ def evaluation_candidates(jobs: Sequence[JobRecord], top: int) -> list[JobRecord
     return ranked[:top]
 
 
+def finetune_settings(top: int, unfreeze_from: int | str | None = None) -> FinetuneFollowUp:
+    """`submit finetune`'s options as the study file's `"finetune"` block (same defaults, same caps).
+
+    Raises:
+        BadInputError: naming the option (`--top`, `--unfreeze-from`) that is out of range.
+    """
+    try:
+        return FinetuneFollowUp(top=top, unfreeze_from=unfreeze_from)
+    except ValidationError as exc:
+        message, path = first_error(exc)
+        raise BadInputError(message, "--" + path.split(".")[0].replace("_", "-")) from None
+
+
+def enqueue_finetune(store: JobStore, queue: JobQueue, study_id: str, settings: FinetuneFollowUp) -> SubmitReport:
+    """Create and enqueue the fine-tuning of the study's `settings.top` best transfer models."""
+    parents = finetune_candidates(store.list_jobs(study_id), settings.top)
+    specs = [
+        finetune_spec(p, settings.unfreeze_from, settings.optimizer, settings.epochs, settings.early_stopping)
+        for p in parents
+    ]
+    return submit_jobs(store, queue, study_id, with_ids(study_id, specs))
+
+
+def enqueue_evaluate(store: JobStore, queue: JobQueue, study_id: str, top: int) -> SubmitReport:
+    """Create and enqueue one test-split evaluation of each of the study's `top` best models."""
+    targets = evaluation_candidates(store.list_jobs(study_id), top)
+    return submit_jobs(store, queue, study_id, with_ids(study_id, [evaluate_spec(t) for t in targets]))
+
+
 def _all_finished(jobs: Sequence[JobRecord], kinds: tuple[str, ...]) -> bool:
     relevant = [j for j in jobs if j.kind in kinds]
     return bool(relevant) and all(j.status.finished for j in relevant)
 
 
-def advance_study(store: JobStore, queue: JobQueue, study_id: str) -> list[str]:
-    """Enqueue the study's automatic follow-ups whose turn has come. Returns the stages enqueued."""
+def advance_study(store: JobStore, queue: JobQueue, study_id: str) -> dict[str, int]:
+    """Enqueue the study's automatic follow-ups whose turn has come.
+
+    Returns:
+        For each stage this call started ("finetune", "evaluate"), the number of jobs it created
+        and enqueued: 0 when no model qualified (say, every training job failed).
+    """
     study = store.get_study(study_id)
     if study is None:
-        return []
+        return {}
     spec = StudySpec.model_validate(study.spec)
-    jobs = store.list_jobs(study_id)
-    done: list[str] = []
-    finetune_enqueued = "finetune" in study.stages
-    if spec.finetune and not finetune_enqueued and _all_finished(jobs, ("train",)):
-        parents = [p for p in top_succeeded(jobs, spec.finetune.top, "train") if p.spec.model.architecture != "benchmark"]
-        follow = spec.finetune
-        specs = [finetune_spec(p, follow.unfreeze_from, follow.optimizer, follow.epochs, follow.early_stopping) for p in parents]
-        submit_jobs(store, queue, study_id, with_ids(study_id, specs))
+    started: dict[str, int] = {}
+    finetune_due = spec.finetune is not None and "finetune" not in study.stages
+    if spec.finetune and finetune_due and _all_finished(store.list_jobs(study_id), ("train",)):
+        report = enqueue_finetune(store, queue, study_id, spec.finetune)
         if store.mark_stage(study_id, "finetune"):
-            done.append("finetune")
-        finetune_enqueued = True
-        jobs = store.list_jobs(study_id)
-    ready_for_eval = _all_finished(jobs, ("train", "finetune")) and (not spec.finetune or finetune_enqueued)
+            started["finetune"] = report.created
+        finetune_due = False
+    ready_for_eval = not finetune_due and _all_finished(store.list_jobs(study_id), ("train", "finetune"))
     if spec.evaluate and "evaluate" not in study.stages and ready_for_eval:
-        specs = [evaluate_spec(t) for t in evaluation_candidates(jobs, spec.evaluate.top)]
-        submit_jobs(store, queue, study_id, with_ids(study_id, specs))
+        report = enqueue_evaluate(store, queue, study_id, spec.evaluate.top)
         if store.mark_stage(study_id, "evaluate"):
-            done.append("evaluate")
-    return done
+            started["evaluate"] = report.created
+    return started
 
 
 def enqueue_followups(store: JobStore, queue: JobQueue, study_id: str, specs: Sequence[JobSpec]) -> SubmitReport:
     return submit_jobs(store, queue, study_id, with_ids(study_id, specs))
-

@@ -8,6 +8,11 @@ Layout of a prepared dataset (a local directory or a prefix in the artifact stor
 
 The validation split is drawn from train/ at training time, seeded per study.
 `checksum` identifies the dataset's content (the feature cache keys on it).
+
+A manifest may come from someone else's bucket: every path is a safe key and every class name a
+safe folder name (`shared.paths.check_class_name`), checked by the models themselves, so wherever
+a manifest is parsed (prepare, upload, sync, a worker's load) the same rule holds. The checks raise
+`BadInputError`, which pydantic lets through unwrapped: callers name the manifest in the message.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shared.paths import check_key
+from shared.paths import check_class_name, check_key
 
 MANIFEST_NAME = "manifest.json"
 Split = Literal["train", "test"]
@@ -38,6 +43,11 @@ class ManifestFile(BaseModel):
     def _safe(cls, path: str) -> str:
         return check_key(path)
 
+    @field_validator("label")
+    @classmethod
+    def _safe_label(cls, label: str) -> str:
+        return check_class_name(label)
+
 
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -48,6 +58,13 @@ class Manifest(BaseModel):
     files: list[ManifestFile]
     seed: int = 0
     test_fraction: float = 0.2
+
+    @field_validator("classes")
+    @classmethod
+    def _safe_classes(cls, classes: list[str]) -> list[str]:
+        for name in classes:
+            check_class_name(name)
+        return classes
 
     @property
     def checksum(self) -> str:

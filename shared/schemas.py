@@ -14,8 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.jobs import JobRecord
 
-JSON_SCHEMA_VERSION = 1
-
 
 class _Doc(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -98,7 +96,10 @@ class LeaderboardRow(_Doc):
     attempts: int
     preemptions: int
     parent_job_id: str | None
-    checkpoint: str | None = Field(description="where the best model is (a path, or s3://bucket/key)")
+    checkpoint: str | None = Field(description="the artifact-store key of the best model (`submit export` reads it)")
+    checkpoint_uri: str | None = Field(
+        description="where a person finds that model (a file path, or s3://bucket/key): for display only"
+    )
 
 
 class LeaderboardDocument(_Doc):
@@ -149,9 +150,14 @@ class EpochRow(BaseModel):
 
 
 class ShowDocument(_Doc):
-    """`submit show JOB --format json`."""
+    """`submit show JOB --format json`. The record holds artifact-store keys (`checkpoint`,
+    `artifacts`); beside it, where a person finds each of them."""
 
     job: JobRecord
+    checkpoint_uri: str | None = Field(description="the display URI of `job.checkpoint`; null: none")
+    artifact_uris: dict[str, str | None] = Field(
+        description="the display URI of each of `job.artifacts`, by name; null: not in this store"
+    )
     rows: list[EpochRow]
 
 

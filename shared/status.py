@@ -6,6 +6,8 @@ from enum import Enum
 
 
 class JobStatus(str, Enum):
+    """Where a job is in its life; `TRANSITIONS` says which status may follow which."""
+
     QUEUED = "QUEUED"
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"

@@ -7,6 +7,8 @@ computed before anything is expanded, and capped.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
 import math
 import random
@@ -19,24 +21,29 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from shared.architectures import ARCHITECTURES
 from shared.errors import BadInputError
 from shared.jobs import (
+    ArchitectureName,
     Augmentation,
     EarlyStopping,
     Head,
     JobSpec,
     ModelSpec,
     TrainingSpec,
+    WeightsRef,
     first_error,
     job_id_for,
     short_hash,
 )
-from shared.optimizers import CONCRETE_CLASSES, OptimizerGrid, OptimizerSpec, Sgd
+from shared.limits import GRID_CAP, BatchSize, Epochs, ImageSize, Location, Repeats, StudySeed, Top, UnfreezeFrom
+from shared.optimizers import CONCRETE_CLASSES, GRID_CLASSES, OptimizerGrid, OptimizerSpec, Sgd
+from shared.untrusted import load_json
 
-GRID_CAP = 100_000  # no study may expand to more jobs than this, whatever it says
 STUDY_SCHEMA_VERSION = 1
+MAX_STUDY_BYTES = 1024 * 1024  # a study of the largest grid allowed is a few KiB
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # the study id is a slug of it
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class GridSearch(_Strict):
@@ -46,8 +53,8 @@ class GridSearch(_Strict):
 class RandomSearch(_Strict):
     method: Literal["random"]
     fraction: float | None = Field(None, gt=0, le=1)
-    count: int | None = Field(None, ge=1)
-    seed: int = 0
+    count: int | None = Field(None, ge=1, le=GRID_CAP)
+    seed: StudySeed = 0
 
     @model_validator(mode="after")
     def _one_size(self) -> RandomSearch:
@@ -62,7 +69,6 @@ class RandomSearch(_Strict):
 
 
 Search = Annotated[Union[GridSearch, RandomSearch], Field(discriminator="method")]
-Weights = Union[Literal["imagenet"], None, str]
 
 
 def _listify(value: Any) -> Any:
@@ -72,52 +78,43 @@ def _listify(value: Any) -> Any:
 class Parameters(_Strict):
     """The swept axes. A scalar means a fixed value; a list means one of these."""
 
-    architecture: list[str] = Field(min_length=1)
-    weights: list[Weights] = Field(["imagenet"], min_length=1)
-    image_size: list[Annotated[int, Field(ge=16, le=2048)]] | None = None
-    optimizer: list[OptimizerGrid] = Field([{"name": "adam"}], min_length=1)  # type: ignore[valid-type]
-    batch_size: list[Annotated[int, Field(ge=1, le=4096)]] = Field([32], min_length=1)
+    architecture: list[ArchitectureName] = Field(min_length=1)
+    weights: list[WeightsRef] = Field(["imagenet"], min_length=1)
+    image_size: list[ImageSize] | None = Field(None, min_length=1)
+    optimizer: list[OptimizerGrid] = Field(default_factory=lambda: [GRID_CLASSES["adam"]()], min_length=1)  # type: ignore[valid-type]
+    batch_size: list[BatchSize] = Field([32], min_length=1)
     data_fraction: list[Annotated[float, Field(gt=0, le=1)]] = Field([1.0], min_length=1)
     augmentation: list[bool | Augmentation] = Field([False], min_length=1)
 
     _listify_all = field_validator("*", mode="before")(_listify)
 
-    @field_validator("architecture")
-    @classmethod
-    def _known_architectures(cls, names: list[str]) -> list[str]:
-        for index, name in enumerate(names):
-            if name not in ARCHITECTURES:
-                known = ", ".join(ARCHITECTURES)
-                raise ValueError(f"[{index}]: unknown architecture {name!r} (known: {known})")
-        return names
-
 
 class Training(_Strict):
-    epochs: int = Field(10, ge=1, le=10_000)
+    epochs: Epochs = 10
     early_stopping: EarlyStopping | None = EarlyStopping()
-    repeats: int = Field(1, ge=1, le=100)
+    repeats: Repeats = 1
     feature_cache: bool = True
 
 
 class FinetuneFollowUp(_Strict):
-    top: int = Field(1, ge=1)
-    unfreeze_from: int | str | None = None
+    top: Top = 1
+    unfreeze_from: UnfreezeFrom = None
     optimizer: OptimizerSpec = Sgd(learning_rate=1e-4, momentum=0.9)
-    epochs: int | None = Field(None, ge=1)
+    epochs: Epochs | None = None
     early_stopping: EarlyStopping | None = EarlyStopping(patience=3)
 
 
 class EvaluateFollowUp(_Strict):
-    top: int = Field(3, ge=1)
+    top: Top = 3
 
 
 class StudySpec(_Strict):
     version: Literal[1] = STUDY_SCHEMA_VERSION
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    dataset: str = Field(min_length=1)
-    image_size: int = Field(224, ge=16, le=2048)
+    name: str
+    dataset: Location
+    image_size: ImageSize = 224
     validation_split: float = Field(0.2, gt=0, lt=1)
-    seed: int = 0
+    seed: StudySeed = 0
     search: Search = GridSearch()
     parameters: Parameters
     training: Training = Training()
@@ -125,6 +122,13 @@ class StudySpec(_Strict):
     finetune: FinetuneFollowUp | None = None
     evaluate: EvaluateFollowUp | None = None
     max_jobs: int = Field(10_000, ge=1, le=GRID_CAP)
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, name: str) -> str:
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"{name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return name
 
     @model_validator(mode="after")
     def _sizes_fit_architectures(self) -> StudySpec:
@@ -159,25 +163,50 @@ class StudySpec(_Strict):
 # --- loading ---------------------------------------------------------------------------------
 
 
-def parse_study(text: str, source: str = "study") -> StudySpec:
-    """Parse and validate a study file's text. Raises BadInputError naming the bad field's path."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadInputError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", source) from None
-    if not isinstance(data, dict):
+def parse_study(data: str | bytes, source: str = "study") -> StudySpec:
+    """Parse and validate a study file's bytes (UTF-8) or text.
+
+    Raises BadInputError, one line naming the bad field's JSON path (or `source` for a document
+    that is not JSON, not UTF-8, too large or too deeply nested).
+    """
+    document = load_json(data, source, MAX_STUDY_BYTES)
+    if not isinstance(document, dict):
         raise BadInputError("a study file is a JSON object", source)
     try:
-        return StudySpec.model_validate(data)
+        return StudySpec.model_validate(document)
     except ValidationError as exc:
         message, path = first_error(exc)
-        message = message.removeprefix("Value error, ")
-        if message.startswith("parameters") and ": " in message:  # our validators name their own path
+        if not path and message.startswith("parameters") and ": " in message:  # our validators name their path
             path, message = message.split(": ", 1)
-        elif message.startswith("[") and "]: " in message:
-            index, message = message.split(": ", 1)
-            path += index
-        raise BadInputError(message, path or "study") from None
+        raise BadInputError(_with_suggestion(message, path), path or source) from None
+
+
+def _with_suggestion(message: str, path: str) -> str:
+    """An unknown field is most often a typo (name the field meant) or a field put in the wrong
+    block (name the blocks it belongs in)."""
+    if message != "unknown field":
+        return message
+    key = re.split(r"[.\]]", path)[-1]
+    homes = _field_homes()
+    if key in homes:
+        return f"unknown field here (it belongs in {', '.join(homes[key])})"
+    close = difflib.get_close_matches(key, homes, n=1, cutoff=0.7)
+    return f"unknown field (did you mean {close[0]!r}?)" if close else message
+
+
+@functools.cache
+def _field_homes() -> dict[str, list[str]]:
+    """Every field of the study file, with the blocks that have it."""
+    blocks: dict[str, type[BaseModel]] = {
+        "the top level": StudySpec, "parameters": Parameters, "training": Training, "finetune": FinetuneFollowUp,
+        "evaluate": EvaluateFollowUp, "search": RandomSearch, "head": Head, "early_stopping": EarlyStopping,
+        "augmentation": Augmentation, **CONCRETE_CLASSES,
+    }
+    homes: dict[str, list[str]] = {}
+    for block, model in blocks.items():
+        for name in model.model_fields:
+            homes.setdefault(name, []).append(block)
+    return homes
 
 
 # --- the grid --------------------------------------------------------------------------------
@@ -259,6 +288,8 @@ def _augmentation(value: bool | Augmentation) -> Augmentation | None:
 
 def _train_spec(spec: StudySpec, point: list[Any], repeat: int) -> JobSpec:
     architecture, weights, image_size, optimizer_index, batch_size, data_fraction, augmentation = point
+    if ARCHITECTURES[architecture].is_benchmark:
+        weights = None  # `weights` are a pretrained base's; the benchmark CNN has none and starts from scratch
     return JobSpec(
         kind="train",
         dataset=spec.dataset,

@@ -63,7 +63,7 @@ def submit_jobs(
     return report
 
 
-def enqueue_record(queue: JobQueue, record: JobRecord, attempt_hint: int = 0) -> None:
+def enqueue_record(queue: JobQueue, record: JobRecord) -> None:
     """Send a fresh message for an existing record (preemption re-enqueue, retry)."""
-    message = JobMessage(study_id=record.study_id, job_id=record.job_id, attempt_hint=attempt_hint, spec=record.spec)
+    message = JobMessage(study_id=record.study_id, job_id=record.job_id, spec=record.spec)
     queue.send([message.to_body()])

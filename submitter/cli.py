@@ -14,14 +14,15 @@ from typing import Any, Optional, TypeVar
 
 import pandas as pd
 import typer
-from rich.console import Console
+from rich.text import Text
 
 from shared.backends.factory import open_backend
 from shared.ports import Backend
 from shared.errors import BadInputError, NotFoundError, SpotsweepError
+from shared.paths import check_id
 from submitter import service
 from submitter.leaderboard import for_table, leaderboard, matrix
-from submitter.render import FORMATS, emit
+from submitter.render import FORMATS, clean, data_console, emit, json_text, plain
 from submitter.settings import SubmitterSettings
 
 HELP = """spotsweep: run deep-learning studies as a job queue.
@@ -33,9 +34,10 @@ outputs are documented by `submit schema`."""
 app = typer.Typer(no_args_is_help=True, help=HELP, rich_markup_mode=None)
 dataset_app = typer.Typer(no_args_is_help=True, help="Make, prepare and upload datasets.")
 app.add_typer(dataset_app, name="dataset")
-# Piped output (CI logs, `| less`) gets a wide table rather than rich's default 80 columns.
-console = Console(stderr=False, width=None if sys.stdout.isatty() else 160)
-errors = Console(stderr=True)
+# Records and manifests are other people's data: both consoles print strings as text, never
+# markup, and without control characters (submitter/render.py).
+console = data_console()
+errors = data_console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 FormatOption = typer.Option("table", "--format", "-f", help="table, json, csv or markdown.")
@@ -75,10 +77,10 @@ def handled(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except BadInputError as exc:
-            typer.echo(f"error: {exc}", err=True)  # one line, never wrapped: scripts grep it
+            typer.echo(f"error: {clean(exc)}", err=True)  # one line, never wrapped: scripts grep it
             raise typer.Exit(2) from None
         except (NotFoundError, SpotsweepError) as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {clean(exc)}", err=True)  # errors can quote a record's data
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -92,7 +94,7 @@ def check_format(fmt: str) -> str:
 
 def say(text: str) -> None:
     if not State.quiet:
-        errors.print(text, highlight=False)
+        errors.print(plain(text, multiline=True))
 
 
 # --- studies ---------------------------------------------------------------------------------
@@ -129,7 +131,8 @@ def study(
     if fmt == "json":
         print(json.dumps(doc, indent=2))
     else:
-        console.print(f"study [bold]{spec.study_id}[/bold]: {report.total} jobs, {report.created} new, {report.existing} already there")
+        console.print(Text.assemble("study ", plain(spec.study_id, "bold"),
+                                    f": {report.total} jobs, {report.created} new, {report.existing} already there"))
 
 
 @app.command()
@@ -169,15 +172,12 @@ def status(
 
         raise typer.Exit(watch_status(lambda: service.study_status(backend, study_id, config.stale_threshold_s), console, interval))
     report = service.study_status(backend, study_id, config.stale_threshold_s)
-    running = pd.DataFrame(report.running, columns=["job_id", "kind", "architecture", "optimizer", "attempt", "epoch", "epochs", "val_accuracy", "worker", "heartbeat_age_s", "stale"])
     if fmt == "table":
-        counts = "  ".join(f"{k.lower()} {v}" for k, v in report.counts.items())
-        console.print(f"study [bold]{study_id}[/bold]: {report.total} jobs  {counts}")
-        console.print(f"spend ${report.cost_usd:.4f} ({report.train_seconds:.0f} s of training)  queue {report.queue}"
-                      + (f"  [yellow]{report.stale} stale[/yellow]" if report.stale else ""))
-        if len(running):
-            emit(console, running, "table", title="running")
+        from submitter.watch import render_status
+
+        console.print(render_status(report))  # one frame of `--watch`
         return
+    running = pd.DataFrame(report.running, columns=["job_id", "kind", "architecture", "optimizer", "attempt", "epoch", "epochs", "val_accuracy", "worker", "heartbeat_age_s", "stale"])
     emit(console, running, fmt, document=report.document())  # type: ignore[arg-type]
 
 
@@ -205,9 +205,12 @@ def leaderboard_command(
             frame = matrix(records, *matrix_axes, metric=by)
         except KeyError as exc:
             raise BadInputError(f"unknown column {exc.args[0]!r}", "--matrix") from None
-        emit(console, frame, fmt, document={"study_id": study_id, "matrix": list(matrix_axes), "metric": by}, title=f"best {by}")  # type: ignore[arg-type]
+        emit(console, frame, fmt, document={"study_id": study_id, "matrix": list(matrix_axes), "metric": by},  # type: ignore[arg-type]
+             title=f"best {by}", values_as=by)
         return
     frame = leaderboard(records, by, kind, top)
+    if fmt != "table":  # the key is the record's; beside it, where a person finds the model
+        frame = frame.assign(checkpoint_uri=[service.display_uri(backend.artifacts, k) for k in frame["checkpoint"]])
     shown = for_table(frame) if fmt == "table" else frame
     emit(console, shown, fmt, document={"study_id": study_id, "by": by}, title=f"{study_id} by {by}")  # type: ignore[arg-type]
 
@@ -276,13 +279,15 @@ def show(job_id: str = typer.Argument(..., help="A job id."), fmt: str = FormatO
     if record is None:
         raise BadInputError(f"unknown job {job_id!r}", "JOB")
     epochs = pd.DataFrame([{"epoch": e.epoch, "attempt": e.attempt, **e.metrics, "seconds": round(e.seconds, 2)} for e in backend.store.epochs(record.study_id, job_id)])
+    uris = service.artifact_uris(record, backend.artifacts)  # the record holds keys; these are for people
     if fmt == "table":
-        console.print_json(record.model_dump_json(exclude={"spec"}))
-        console.print_json(record.spec.model_dump_json())
+        console.print(json_text(record.model_dump(mode="json", exclude={"spec"})))
+        console.print(json_text(record.spec.model_dump(mode="json")))
+        console.print(json_text(uris))
         if len(epochs):
             emit(console, epochs, "table", title="epochs")
         return
-    emit(console, epochs, fmt, document={"job": json.loads(record.model_dump_json())})  # type: ignore[arg-type]
+    emit(console, epochs, fmt, document={"job": json.loads(record.model_dump_json()), **uris})  # type: ignore[arg-type]
 
 
 @app.command()
@@ -345,23 +350,19 @@ def dataset_upload(
 ) -> None:
     """Upload a prepared dataset, skipping files already there with the same checksum."""
     from shared.datasets import upload
+    from shared.datasets.sync import is_store_location, store_prefix
     from submitter.watch import progress_bar, progress_wanted
 
     backend = open_configured()
-    prefix = _artifact_prefix(destination, settings().resolved_bucket)
+    try:
+        prefix = store_prefix(destination, backend.artifacts)  # the store's one parser of locations
+    except BadInputError as exc:
+        raise BadInputError(str(exc), "DESTINATION") from None
     with progress_bar(errors, "uploading", None, progress_wanted(State.quiet)) as progress:
         report = upload(directory, backend.artifacts, prefix, progress=progress)
     console.print(f"{report}")
-    console.print(f"use \"dataset\": \"{destination}\" in your study file")
-
-
-def _artifact_prefix(destination: str, bucket: str) -> str:
-    if destination.startswith("s3://"):
-        named_bucket, _, prefix = destination[5:].partition("/")
-        if named_bucket != bucket:
-            raise BadInputError(f"bucket {named_bucket!r} is not the configured bucket {bucket!r}", "DESTINATION")
-        return prefix.strip("/")
-    return destination.removeprefix("artifacts:").strip("/")
+    reference = destination.rstrip("/") if is_store_location(destination) else f"artifacts:{prefix}"
+    console.print(f"use \"dataset\": \"{reference}\" in your study file")
 
 
 # --- report, export, predict, schemas ----------------------------------------------------------
@@ -382,7 +383,8 @@ def report(
 
     backend = open_configured()
     study_id = service.resolve_study_id(backend, study)
-    result = build_report(backend, study_id, out or Path(f"report-{study_id}"), top=top)
+    # a study id comes from a record: checked before it names a directory (no `x/../../target`)
+    result = build_report(backend, study_id, out or Path(f"report-{check_id(study_id, 'study id')}"), top=top)
     files = [str(f) for f in result.files]
     if fmt == "json":
         print(json.dumps({"study_id": study_id, "out": str(result.out_dir), "html": str(result.html), "files": files}, indent=2))
@@ -434,7 +436,7 @@ def predict(
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if line.startswith("error:")] or result.stderr.strip().splitlines()[-1:]
-        typer.echo("\n".join(lines) or f"error: worker predict exited {result.returncode}", err=True)
+        typer.echo("\n".join(map(clean, lines)) or f"error: worker predict exited {result.returncode}", err=True)
         raise typer.Exit(result.returncode if result.returncode in (1, 2) else 1)
     document = json.loads(result.stdout)
     rows = pd.DataFrame([

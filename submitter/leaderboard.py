@@ -26,17 +26,27 @@ TABLE_COLUMNS = {
     "rank": "#", "job_id": "job", "kind": "kind", "status": "status", "architecture": "arch", "optimizer": "opt",
     "params": "params", "batch_size": "batch", "data_fraction": "frac", "val_accuracy": "val_acc",
     "val_loss": "val_loss", "test_accuracy": "test_acc", "std": "std", "best_epoch": "best", "epochs_run": "epochs",
-    "train_seconds": "seconds", "cost_usd": "cost_usd", "attempts": "tries", "preemptions": "preempt",
+    "train_seconds": "seconds", "cost_usd": "cost", "attempts": "tries", "preemptions": "preempt",
 }
 ALWAYS = {"rank", "job_id", "status", "architecture", "optimizer", "val_accuracy"}
 
 
 def for_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """The leaderboard for a terminal: non-default optimizer parameters as `k=v`, and no column that
-    is empty or the same on every row (unless it is one a reader always looks for)."""
+    """The leaderboard for a person (the terminal and report.html): short headers, non-default
+    optimizer parameters as `k=v`, and only the columns that say something (and those a reader
+    always looks for)."""
     shown = frame.assign(params=[_short_params(o, p) for o, p in zip(frame["optimizer"], frame["optimizer_params"])])
-    keep = [c for c in TABLE_COLUMNS if c in ALWAYS or (not shown[c].isna().all() and shown[c].astype(str).nunique() > 1)]
+    keep = [c for c in TABLE_COLUMNS if c in ALWAYS or _says_something(shown[c])]
     return shown[keep].rename(columns=TABLE_COLUMNS)
+
+
+def _says_something(values: pd.Series) -> bool:
+    """False for a column that is empty, or holds one value on every row, or a zero on the rows
+    that have one (`std` of single runs); True when rows differ, e.g. test accuracy on evaluations only."""
+    present = values.dropna()
+    if present.astype(str).nunique() > 1:
+        return True
+    return 0 < len(present) < len(values) and bool(present.iloc[0])
 
 
 def _short_params(optimizer: str, params_json: str) -> str:

@@ -21,54 +21,27 @@ import pandas as pd
 from shared.ports import Backend
 from shared.errors import BadInputError, NotFoundError
 from shared.jobs import JobRecord
+from shared.datasets.sync import dataset_classes
+from shared.paths import check_id
 from shared.ports import ArtifactStore
 from shared.status import JobStatus
 from submitter import plots
-from submitter.leaderboard import job_row, leaderboard, matrix
+from submitter.leaderboard import for_table, job_row, leaderboard, matrix
+from submitter.render import html_table
 
 HTML_NAME = "report.html"
 SWEPT = ("batch_size", "data_fraction")  # one plot each when the study tried more than one value
-TABLE_COLUMNS = [
-    "rank", "job_id", "kind", "status", "architecture", "optimizer", "optimizer_params", "batch_size",
-    "data_fraction", "val_accuracy", "std", "repeats", "test_accuracy", "best_epoch", "epochs_run",
-    "train_seconds", "cost_usd",
-]
 MAX_TABLE_ROWS = 200
 
 
 # --- reading artifacts -------------------------------------------------------------------------
 
 
-def artifact_key(artifacts: ArtifactStore, location: str) -> str | None:
-    """The store key of a location recorded in a job record (`artifacts.uri(key)`: a file path
-    for the embedded backend, s3://bucket/key on AWS), or None if it is not in this store."""
-    if location.startswith("s3://"):
-        bucket, _, key = location.removeprefix("s3://").partition("/")
-        root = getattr(artifacts, "prefix", "")
-        if bucket != getattr(artifacts, "bucket", None) or not isinstance(root, str) or not key.startswith(root):
-            return None
-        return key.removeprefix(root)
-    path = Path(location)
-    if path.is_absolute():
-        root = getattr(artifacts, "root", None)
-        if root is None:
-            return None
-        try:
-            return path.resolve().relative_to(Path(root).resolve()).as_posix()
-        except ValueError:
-            return None
-    return location  # already a key
-
-
-def read_artifact(artifacts: ArtifactStore, location: str) -> bytes:
-    """Bytes of a recorded artifact: through the store when it is one of its keys, else a local file."""
-    key = artifact_key(artifacts, location)
-    if key is not None:
-        return artifacts.get_bytes(key)
-    path = Path(location)
-    if not location.startswith("s3://") and path.is_file():
-        return path.read_bytes()
-    raise NotFoundError(f"artifact {location} is not in this artifact store")
+def read_artifact(artifacts: ArtifactStore, key: str) -> bytes:
+    """Bytes of an artifact a record names. Records hold keys; the store's own parser
+    (`ArtifactStore.key_for`) still checks each one, so a record that names a local path or
+    another bucket is refused (BadInputError) and nothing is read from this machine's disk."""
+    return artifacts.get_bytes(artifacts.key_for(key))
 
 
 # --- export ------------------------------------------------------------------------------------
@@ -82,34 +55,22 @@ class Export:
     classes: list[str] | None
 
 
-def dataset_classes(dataset: str, artifacts: ArtifactStore) -> list[str]:
-    """The class names (index = label) of a job's dataset: a prepared directory or a store prefix."""
-    from shared.datasets import fetch_manifest, load_manifest, store_prefix
-
-    if dataset.startswith(("s3://", "artifacts:")):
-        return list(fetch_manifest(artifacts, store_prefix(dataset, artifacts)).classes)
-    return list(load_manifest(Path(dataset).expanduser()).classes)
-
-
 def export_model(backend: Backend, job_id: str, out: Path) -> Export:
-    """Copy the job's best checkpoint to `out` (a .keras file, or a directory to put
-    `<job>.keras` in) with `<name>.classes.json` beside it: the class names, image size and job."""
-    record = backend.store.find_job(job_id)
+    """Copy the job's best checkpoint out of the artifact store to `out` (a .keras file, or a
+    directory to put `<job>.keras` in) with `<name>.classes.json` beside it: the class names,
+    image size and job. Only the configured store is read, never a file a record points at."""
+    record = backend.store.find_job(check_id(job_id, "job id"))
     if record is None:
         raise BadInputError(f"unknown job {job_id!r}", "JOB")
     if not record.checkpoint:
         raise NotFoundError(f"job {job_id} has no checkpoint yet (status {record.status.value})")
+    key = backend.artifacts.key_for(record.checkpoint)
     out = Path(out)
     if out.is_dir():
-        out = out / f"{record.job_id}.keras"
+        out = out / f"{check_id(record.job_id, 'job id')}.keras"
     if out.suffix != ".keras":
         raise BadInputError(f"{out} must end in .keras (Keras loads models by their extension)", "--out")
-    key = artifact_key(backend.artifacts, record.checkpoint)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if key is not None:
-        backend.artifacts.get_file(key, out)
-    else:
-        out.write_bytes(read_artifact(backend.artifacts, record.checkpoint))
+    backend.artifacts.get_file(key, out)
     try:
         classes: list[str] | None = dataset_classes(record.spec.dataset, backend.artifacts)
     except (NotFoundError, BadInputError, OSError):
@@ -185,8 +146,8 @@ def build_report(
     if frame.empty:
         board.notes.append("no jobs in this study")
     else:
-        shown = frame[TABLE_COLUMNS].head(MAX_TABLE_ROWS)
-        board.table_html = shown.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4f}", classes="board", border=0)
+        # the terminal's leaderboard: short headers, `k=v` parameters, its number formats
+        board.table_html = html_table(for_table(frame.head(MAX_TABLE_ROWS)))
         if len(frame) > MAX_TABLE_ROWS:
             board.notes.append(f"the best {MAX_TABLE_ROWS} of {len(frame)} configurations")
     if not finished:
@@ -299,12 +260,16 @@ def _reason(exc: Exception) -> str:
 # --- HTML ----------------------------------------------------------------------------------------
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1200px; color: #222; }
 h1 { margin-bottom: 0.2em; } .meta { color: #666; }
 section { margin: 2em 0; } img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; display: block; }
 .note { background: #f6f6f6; border-left: 4px solid #999; padding: 0.4em 0.8em; }
-table.board { border-collapse: collapse; font-size: 0.8em; } .board th, .board td { padding: 2px 6px; border-bottom: 1px solid #eee; }
-.board th { text-align: left; background: #fafafa; } .board td { font-variant-numeric: tabular-nums; }
+.wide { overflow-x: auto; }
+table.board { border-collapse: collapse; font-size: 0.8em; }
+.board th, .board td { padding: 3px 6px; border-bottom: 1px solid #eee; white-space: nowrap; }
+.board .wrap { white-space: normal; min-width: 10em; }
+.board th { background: #f4f4f4; border-bottom: 1px solid #ccc; } .board tbody tr:nth-child(even) { background: #fbfbfb; }
+.board .text { text-align: left; } .board .num { text-align: right; font-variant-numeric: tabular-nums; }
 """
 
 
@@ -332,7 +297,7 @@ def _html(study_id: str, name: str, records: Sequence[JobRecord], sections: Sequ
         parts.extend(f'<p class="note">{html.escape(note)}</p>' for note in section.notes)
         parts.extend(_img(path) for path in section.images)
         if section.table_html:
-            parts.append(section.table_html)
+            parts.append(f'<div class="wide">{section.table_html}</div>')  # scrolls rather than cuts off
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts)

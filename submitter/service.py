@@ -10,18 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.ports import Backend
+from shared.ports import ArtifactStore, Backend
 from shared.errors import BadInputError, NotFoundError
-from shared.followups import enqueue_followups, evaluate_spec, finetune_spec, evaluation_candidates
+from shared.followups import enqueue_finetune, enqueue_followups, evaluate_spec, evaluation_candidates, finetune_settings
 from shared.jobs import JobRecord, StudyRecord
 from shared.manifest import MANIFEST_NAME
-from shared.ranking import top_succeeded
 from shared.status import JobStatus
 from shared.study import StudySpec, expand, job_count, parse_study
 from shared.submission import SubmitReport, enqueue_record, submit_jobs
 
 if TYPE_CHECKING:
     import pandas as pd
+
+CLOCK_SKEW_S = 300.0  # how far ahead of ours a teammate's clock may be before a stamp is implausible
 
 
 # --- studies ---------------------------------------------------------------------------------
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 def load_study_file(path: Path) -> StudySpec:
     """Read, validate and resolve a study file. The dataset becomes an absolute location."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes()  # parse_study decodes: a file that is not UTF-8 is bad input
     except OSError as exc:
         raise BadInputError(f"cannot read study file: {exc.strerror}", str(path)) from None
     spec = parse_study(text, source=str(path))
@@ -113,10 +114,44 @@ def observed_seconds_per_epoch(backend: Backend) -> dict[str, float]:
     return {arch: sum(v) / len(v) for arch, v in totals.items()}
 
 
+def check_store_references(spec: StudySpec, backend: Backend) -> None:
+    """Refuse, before anything is written, what the study names in the store but a worker could not
+    read: a weights file outside the store or missing from it (`parameters.weights[i]`), a dataset
+    location the configured backend cannot reach or that holds no uploaded dataset (`dataset`).
+    Each would otherwise fail later, on a worker, once per job."""
+    from shared.datasets.sync import is_store_location, store_prefix  # pillow: only when submitting
+
+    for index, weights in enumerate(spec.parameters.weights):
+        if weights is not None and weights != "imagenet":
+            _check_object(backend.artifacts, weights, f"parameters.weights[{index}]", "weights file")
+    if is_store_location(spec.dataset):
+        try:
+            prefix = store_prefix(spec.dataset, backend.artifacts)
+        except BadInputError as exc:
+            raise BadInputError(str(exc), "dataset") from None
+        _check_object(backend.artifacts, f"{prefix}/{MANIFEST_NAME}", "dataset", "uploaded dataset (manifest)")
+    elif backend.name != "local":
+        raise BadInputError(
+            f"{spec.dataset} is a local directory, which workers of the {backend.name} backend cannot read: "
+            "upload it with `submit dataset upload DIR s3://BUCKET/PREFIX` and name that", "dataset",
+        )
+
+
+def _check_object(artifacts: ArtifactStore, location: str, path: str, what: str) -> None:
+    try:
+        key = artifacts.key_for(location)
+    except BadInputError as exc:
+        raise BadInputError(str(exc), path) from None
+    if not artifacts.exists(key):
+        raise BadInputError(f"no {what} {artifacts.uri(key)} in the artifact store", path)
+
+
 def submit_study(
     backend: Backend, spec: StudySpec, price_per_hour: float | None = None, progress: Callable[[int], None] | None = None
 ) -> SubmitReport:
-    """Record the study and enqueue its missing jobs. Submitting again creates nothing new."""
+    """Check what the study names in the artifact store, record the study and enqueue its missing
+    jobs. Submitting again creates nothing new."""
+    check_store_references(spec, backend)
     study = StudyRecord(
         study_id=spec.study_id, name=spec.name, created_at=time.time(),
         spec=spec.model_dump(mode="json"), job_count=job_count(spec), price_per_hour=price_per_hour,
@@ -125,19 +160,57 @@ def submit_study(
     return submit_jobs(backend.store, backend.queue, spec.study_id, expand(spec), progress)
 
 
-def resolve_study_id(backend: Backend, study: str | None) -> str:
-    """The named study (a full id or a unique prefix or name), or the most recent one."""
+def resolve_study_id(backend: Backend, study: str | None, now: float | None = None) -> str:
+    """The named study (a full id, or the one study or the most recent of the studies an id prefix
+    or the name matches), or the most recent one (`most_recent`)."""
     studies = backend.store.list_studies()
     if not studies:
         raise NotFoundError("no studies yet: submit one with `submit study FILE`")
-    if study is None:
-        return studies[0].study_id
-    matches = [s for s in studies if s.study_id == study] or [
-        s for s in studies if s.study_id.startswith(study) or s.name == study
-    ]
-    if not matches:
-        raise BadInputError(f"unknown study {study!r}", "STUDY")
-    return matches[0].study_id
+    if study is not None:
+        studies = [s for s in studies if s.study_id == study] or [
+            s for s in studies if s.study_id.startswith(study) or s.name == study
+        ]
+        if not studies:
+            raise BadInputError(f"unknown study {study!r}", "STUDY")
+        if len(studies) == 1:
+            return studies[0].study_id
+    return most_recent(studies, time.time() if now is None else now).study_id
+
+
+def most_recent(studies: list[StudyRecord], now: float) -> StudyRecord:
+    """The study created last, by `created_at`, among those not created in the future.
+
+    `created_at` is written by whoever writes the table. A study stamped in the future (by a bad
+    clock or on purpose) would otherwise stay "the most recent" for every command that defaults
+    to it, forever; here it is never chosen by default, and a stamp of "now" is no better than a
+    real submission: it loses to the next one. Clocks may differ by up to CLOCK_SKEW_S.
+    """
+    plausible = [s for s in studies if s.created_at <= now + CLOCK_SKEW_S]
+    if not plausible:
+        raise BadInputError(
+            "every matching study claims to be created in the future: name one by its full id (`submit studies`)",
+            "STUDY",
+        )
+    return max(plausible, key=lambda s: (s.created_at, s.study_id))
+
+
+def display_uri(artifacts: ArtifactStore, key: str | None) -> str | None:
+    """Where a person finds an artifact a record names (`ArtifactStore.uri` of its key); None when
+    the record names none, or something this store cannot reach (never a local path)."""
+    if not key:
+        return None
+    try:
+        return artifacts.uri(artifacts.key_for(key))
+    except BadInputError:
+        return None
+
+
+def artifact_uris(record: JobRecord, artifacts: ArtifactStore) -> dict[str, Any]:
+    """The display URIs of a record's checkpoint and artifacts (the record itself holds keys)."""
+    return {
+        "checkpoint_uri": display_uri(artifacts, record.checkpoint),
+        "artifact_uris": {name: display_uri(artifacts, key) for name, key in record.artifacts.items()},
+    }
 
 
 # --- status ----------------------------------------------------------------------------------
@@ -211,12 +284,10 @@ def check_top(top: int) -> int:
 
 
 def finetune(backend: Backend, study_id: str, top: int, unfreeze_from: int | str | None) -> SubmitReport:
-    jobs = backend.store.list_jobs(study_id)
-    parents = [p for p in top_succeeded(jobs, check_top(top), "train") if p.spec.model.architecture != "benchmark"]
-    if not parents:
+    report = enqueue_finetune(backend.store, backend.queue, study_id, finetune_settings(check_top(top), unfreeze_from))
+    if not report.total:
         raise BadInputError("no succeeded transfer-learning training jobs to fine-tune yet", "STUDY")
-    specs = [finetune_spec(p, unfreeze_from) for p in parents]
-    return enqueue_followups(backend.store, backend.queue, study_id, specs)
+    return report
 
 
 def evaluate(backend: Backend, study_id: str, top: int, job_id: str | None = None) -> SubmitReport:

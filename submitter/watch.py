@@ -17,6 +17,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from submitter.render import plain
 from submitter.service import StudyStatus
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
@@ -40,7 +41,8 @@ def render_status(status: StudyStatus) -> RenderableType:
     """The study at a glance: counts by state, a progress bar, spend and ETA, queue and DLQ depth,
     and the running jobs (epoch k/N, last val_accuracy, heartbeat age; stale leases flagged)."""
     done = sum(status.counts.get(s, 0) for s in FINISHED_STATES)
-    title = Text.assemble(("study ", "bold"), (status.study_id, "bold"), f"  {status.name}" if status.name != status.study_id else "")
+    title = Text.assemble(("study ", "bold"), plain(status.study_id, "bold"),
+                          plain(f"  {status.name}") if status.name != status.study_id else "")
     if status.finished:
         title.append("  finished", style="bold green")
 
@@ -85,9 +87,10 @@ def _running_table(status: StudyStatus) -> Table:
         heartbeat = Text(duration(age) if age is not None else "never")
         if row.get("stale"):
             heartbeat = Text.assemble(heartbeat, (" STALE", "bold yellow"))
-        table.add_row(str(row["job_id"]), str(row.get("kind", "")), str(row.get("architecture", "")),
-                      str(row.get("optimizer", "")), epochs, accuracy, str(row.get("worker") or "-"), heartbeat,
-                      str(row.get("attempt", "")))
+        # every field of a record is someone's data: text, never markup (submitter/render.py)
+        table.add_row(plain(row["job_id"]), plain(row.get("kind", "")), plain(row.get("architecture", "")),
+                      plain(row.get("optimizer", "")), plain(epochs), accuracy, plain(row.get("worker") or "-"), heartbeat,
+                      plain(row.get("attempt", "")))
     return table
 
 

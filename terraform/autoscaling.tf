@@ -1,4 +1,4 @@
-# Spot GPU workers that follow the queue. The rule (shared/scaling.py states the same rule
+# Spot GPU workers that follow the queue. The rule (ci/infra/scaling.py states the same rule
 # as a tested pure function, desired_capacity / scale_from_zero_steps / should_leave_group):
 #
 #   backlog = ApproximateNumberOfMessagesVisible + ApproximateNumberOfMessagesNotVisible
@@ -17,7 +17,7 @@
 #    tracking's scale-in follows the backlog metric to min_size as well.
 
 locals {
-  # Must equal MAX_SCALE_FROM_ZERO_STEPS in shared/scaling.py (CI checks it).
+  # Must equal MAX_SCALE_FROM_ZERO_STEPS in ci/infra/scaling.py (CI checks it).
   scale_from_zero_max_steps = 10
   scale_from_zero_n         = min(var.max_size, local.scale_from_zero_max_steps)
 

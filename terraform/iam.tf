@@ -72,16 +72,30 @@ data "aws_iam_policy_document" "worker" {
     resources = [aws_s3_bucket.artifacts.arn]
   }
 
-  # ArtifactStore: datasets, checkpoints, logs, feature cache (object ARNs). Multipart
-  # uploads (managed transfers) are covered by s3:PutObject.
+  # ArtifactStore reads: datasets, pretrained weights files, parents' checkpoints, feature
+  # cache entries; anywhere in the bucket (s3:GetObject also covers HeadObject).
   statement {
-    sid = "ArtifactsObjects"
+    sid       = "ArtifactsRead"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.artifacts.arn}/*"]
+  }
+
+  # ArtifactStore writes, only under the two prefixes workers write (shared.paths.job_prefix
+  # and the feature cache's prefix): a worker's credentials cannot overwrite a dataset or
+  # weights file that other studies read. DeleteObject: every epoch replaces the previous
+  # epoch's saved state, and the loser of a feature-cache race deletes its own uploads.
+  # Multipart uploads (managed transfers) are covered by s3:PutObject.
+  statement {
+    sid = "ArtifactsWrite"
     actions = [
-      "s3:GetObject",
       "s3:PutObject",
+      "s3:DeleteObject",
       "s3:AbortMultipartUpload",
     ]
-    resources = ["${aws_s3_bucket.artifacts.arn}/*"]
+    resources = [
+      "${aws_s3_bucket.artifacts.arn}/studies/*",
+      "${aws_s3_bucket.artifacts.arn}/feature-cache/*",
+    ]
   }
 
   # Scale-in safety: protect the instance while a job runs; an idle worker leaves the group

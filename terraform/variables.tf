@@ -155,7 +155,7 @@ variable "min_size" {
 }
 
 variable "max_size" {
-  description = "Maximum workers (check your account's spot vCPU quota for G instances). shared/scaling.py DEFAULT_MAX_SIZE = 4."
+  description = "Maximum workers (check your account's spot vCPU quota for G instances). ci/infra/scaling.py DEFAULT_MAX_SIZE = 4."
   type        = number
   default     = 4
 
@@ -166,7 +166,7 @@ variable "max_size" {
 }
 
 variable "target_backlog_per_instance" {
-  description = "Jobs (waiting + in flight) per in-service worker that target tracking aims for: desired = ceil(backlog / target), clamped to min..max. Same default as shared/scaling.py DEFAULT_TARGET_BACKLOG_PER_INSTANCE = 2."
+  description = "Jobs (waiting + in flight) per in-service worker that target tracking aims for: desired = ceil(backlog / target), clamped to min..max. Same default as ci/infra/scaling.py DEFAULT_TARGET_BACKLOG_PER_INSTANCE = 2."
   type        = number
   default     = 2
 
@@ -177,7 +177,7 @@ variable "target_backlog_per_instance" {
 }
 
 variable "worker_idle_timeout_s" {
-  description = "Seconds a worker waits without a job before it leaves the group (`worker run --idle-timeout`); the fleet reaches 0 this long after the queue empties. Same default as shared/scaling.py DEFAULT_SCALE_TO_ZERO_AFTER_S = 600."
+  description = "Seconds a worker waits without a job before it leaves the group (`worker run --idle-timeout`); the fleet reaches 0 this long after the queue empties. Same default as ci/infra/scaling.py DEFAULT_SCALE_TO_ZERO_AFTER_S = 600."
   type        = number
   default     = 600
 
@@ -278,13 +278,19 @@ variable "subnet_ids" {
 }
 
 variable "worker_package" {
-  description = "pip requirement installed on the instance when worker_image is empty: a PyPI spec, a wheel URL or git+https URL of spotsweep."
+  description = "pip requirement installed on the instance when worker_image is empty, with the worker extra (TensorFlow, Keras): spotsweep[worker]==0.1.0, or a wheel or git URL as spotsweep[worker] @ https://.../spotsweep-0.1.0-py3-none-any.whl."
   type        = string
-  default     = "spotsweep"
+  default     = "spotsweep[worker]"
 
   validation {
     condition     = length(var.worker_package) > 0 && !can(regex("[\"'`$\\\\\\n]", var.worker_package))
     error_message = "worker_package must be non-empty and contain no quotes, backticks, dollar signs, backslashes or newlines."
+  }
+
+  # Plain spotsweep is the submitter alone: the instance would boot without TensorFlow.
+  validation {
+    condition     = can(regex("^spotsweep\\[([A-Za-z0-9_-]+,)*worker(,[A-Za-z0-9_-]+)*\\]", var.worker_package))
+    error_message = "worker_package must install the worker extra: spotsweep[worker], spotsweep[worker]==VERSION or spotsweep[worker] @ URL."
   }
 }
 

@@ -72,11 +72,29 @@ def aws_subprocess_env(endpoint: str, base: dict[str, str] | None = None) -> dic
 #    per item (moto 5 deep-copies the whole table for every item: O(items x table size), minutes for
 #    a 2,000-job submission). The backups are taken before anything is written, so one copy is the
 #    same backup.
+# 3. Policy conditions: requests count as made over TLS (`aws:SecureTransport` is true), as every
+#    request to AWS's endpoints is (the server speaks plain HTTP only because it is local); `Bool`
+#    conditions are evaluated (moto 5 knows only StringEquals and takes any other as true); and a
+#    statement whose condition does not hold does not apply, as on AWS (moto 5 makes it a Deny).
+#    Without these, the TLS-only bucket policy of `submit init` denies every object request here.
 SERVER_CODE = r"""
 import copy, re, sys, threading, types
 from werkzeug.serving import run_simple
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 import moto.dynamodb.models as dynamodb_models
+import moto.iam.access_control as access_control
+import moto.iam.policy_conditions as policy_conditions
+
+policy_conditions.CONDITION_OPERATIONS["Bool"] = policy_conditions.string_equals_operation
+_statement_permitted = access_control.IAMPolicyStatement.is_action_permitted
+
+def statement_permitted(self, action, resource="*", principal=None, incoming_condition_values=None):
+    incoming_condition_values = {"aws:SecureTransport": "true", **(incoming_condition_values or {})}
+    if not self._check_conditions(incoming_condition_values):
+        return access_control.PermissionResult.NEUTRAL
+    return _statement_permitted(self, action, resource, principal, incoming_condition_values)
+
+access_control.IAMPolicyStatement.is_action_permitted = statement_permitted
 
 _transact = dynamodb_models.DynamoDBBackend.transact_write_items
 
@@ -265,8 +283,10 @@ def delete_resources(config: BackendConfig, session: Any) -> None:
     except Exception:  # noqa: BLE001
         pass
     try:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=config.resolved_bucket):
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        # the bucket is versioned (`provision`): every version and delete marker must go
+        for page in s3.get_paginator("list_object_versions").paginate(Bucket=config.resolved_bucket):
+            versions = page.get("Versions", []) + page.get("DeleteMarkers", [])
+            keys = [{"Key": o["Key"], "VersionId": o["VersionId"]} for o in versions]
             if keys:
                 s3.delete_objects(Bucket=config.resolved_bucket, Delete={"Objects": keys})
         s3.delete_bucket(Bucket=config.resolved_bucket)

@@ -20,6 +20,7 @@ from shared.backends.local import LocalArtifactStore
 from shared.jobs import JobSpec
 from shared.manifest import MANIFEST_NAME, Manifest, ManifestFile
 from shared.paths import job_prefix
+from worker.job import EpochReport, JobContext, StopReason
 
 SHAPES = {
     "circle": (220, 40, 40),
@@ -99,10 +100,8 @@ def context(
     artifacts: LocalArtifactStore | None = None,
     work_dir: Path | None = None,
     **fields: Any,
-):
+) -> JobContext:
     """A JobContext over a local artifact store in `tmp/artifacts`."""
-    from worker.training import JobContext
-
     store = artifacts or LocalArtifactStore(tmp / "artifacts")
     return JobContext(
         study_id="study-1",
@@ -120,16 +119,16 @@ class StopInEpoch:
     """Records epoch reports and asks the job to stop a few polls into epoch `epoch` (1-based):
     pass `on_epoch=stop.on_epoch, should_stop=stop.should_stop`."""
 
-    def __init__(self, epoch: int, polls: int = 2, reason: str = "preempted") -> None:
+    def __init__(self, epoch: int, polls: int = 2, reason: StopReason = StopReason.PREEMPTED) -> None:
         self.epoch, self.polls, self.reason = epoch, polls, reason
-        self.reports: list[Any] = []
+        self.reports: list[EpochReport] = []
         self._polled = 0
 
-    def on_epoch(self, report: Any) -> None:
+    def on_epoch(self, report: EpochReport) -> None:
         self.reports.append(report)
         self._polled = 0
 
-    def should_stop(self) -> str | None:
+    def should_stop(self) -> StopReason | None:
         if len(self.reports) != self.epoch - 1:
             return None
         self._polled += 1

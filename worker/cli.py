@@ -1,4 +1,5 @@
-"""`worker`: the job loop's command line. Thin: parse, call `worker.loop`, report.
+"""`worker`: the job loop's command line (and `predict`, and `weights` for frozen bases). Thin:
+parse, call `worker.loop` or `worker.training`, report.
 
 Exit codes: 0 done, 1 failure (a missing queue/table/bucket, a fatal error), 2 bad input.
 """
@@ -10,14 +11,18 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import typer
 
+from shared.architectures import ARCHITECTURES
 from shared.backends.factory import open_backend
+from shared.datasets.images import set_pixel_limit
 from shared.ports import Backend
 from shared.errors import BadInputError, FatalError, SpotsweepError
+from shared.jobs import ModelSpec
 from worker import logs
 from worker.imds import Imds, SpotWatcher, on_ec2
 from worker.loop import Policy, Worker
@@ -25,6 +30,8 @@ from worker.settings import WorkerSettings
 from worker.stop import ColdStop, StopFlag
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="spotsweep worker: pull jobs from the queue and train them.")
+weights_app = typer.Typer(no_args_is_help=True, help="Pretrained weights for frozen bases: ImageNet's, or calibrated ones.")
+app.add_typer(weights_app, name="weights")
 log = logging.getLogger("spotsweep.worker")
 
 
@@ -47,6 +54,7 @@ def run(
     overrides = {k: v for k, v in {"backend": backend, "cache_dir": cache_dir, "log_format": log_format}.items() if v}
     settings = _settings(**overrides)
     logs.configure(settings.log_format)
+    set_pixel_limit(settings.max_image_pixels)  # every image this process decodes is checked against it
     policy = Policy(until_empty=until_empty, max_jobs=max_jobs, idle_timeout_s=idle_timeout)
     if concurrency > 1:
         raise typer.Exit(_run_processes(concurrency))
@@ -83,7 +91,7 @@ def _run_one(settings: WorkerSettings, policy: Policy) -> int:
 
 def _build_worker(settings: WorkerSettings, backend: Backend, stop: StopFlag) -> Worker:
     from worker.pricing import price_per_hour
-    from worker.training import run_job  # TensorFlow loads here, not at `worker --help`
+    from worker.training import JobRunner  # TensorFlow loads here, not at `worker --help`
 
     imds = Imds(settings.metadata_url) if settings.metadata_url or on_ec2() else None
     if imds is not None:
@@ -91,7 +99,7 @@ def _build_worker(settings: WorkerSettings, backend: Backend, stop: StopFlag) ->
     guard = _scale_in_guard(settings, imds)
     ec2 = _aws_client("ec2", settings) if imds is not None and settings.backend == "aws" else None
     return Worker(
-        backend, settings, run_job, stop,
+        backend, settings, JobRunner(), stop,
         price_per_hour=price_per_hour(settings.price_per_hour, imds, ec2),
         on_idle_exit=guard.leave if guard else None,
         protect=guard.protect if guard else None,
@@ -156,12 +164,104 @@ def predict(
     from worker.predict import run as run_predict  # TensorFlow loads here
 
     settings = _settings(**({"backend": backend} if backend else {}))
+    set_pixel_limit(settings.max_image_pixels)
+    document = _handled(lambda: run_predict(lambda: open_backend(settings), model, job, classes_from, list(images), top))
+    print(json.dumps(document, indent=2))
+
+
+Result = TypeVar("Result")
+
+
+def _handled(action: Callable[[], Result]) -> Result:
+    """`action()`, with spotsweep's errors as one line on stderr and exit 2 (bad input) or 1."""
     try:
-        document = run_predict(lambda: open_backend(settings), model, job, classes_from, list(images), top)
+        return action()
     except BadInputError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except SpotsweepError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    print(json.dumps(document, indent=2))
+
+
+# --- weights ---------------------------------------------------------------------------------
+
+DOWNLOAD_TIMEOUT_S = 30  # per socket operation: an offline machine answers fast, a filtered one never
+
+
+@weights_app.command("imagenet")
+def weights_imagenet(
+    architecture: str = typer.Argument(..., help="A keras.applications architecture, e.g. mobilenet_v2."),
+    image_size: int = typer.Option(224, "--image-size", help="The image side the study uses."),
+) -> None:
+    """Fetch ARCHITECTURE's ImageNet weights (exit 1, one line, when they cannot be downloaded).
+
+    They land in Keras's cache (~/.keras/models), where this machine's jobs find them.
+    """
+    import socket
+
+    spec = _base_spec(architecture, image_size, "imagenet")
+    from worker.training.models import architecture as arch_of, build_base  # TensorFlow loads here
+
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # Keras's download sets no timeout of its own
+    try:
+        _handled(lambda: build_base(arch_of(spec.architecture), spec, None))
+    finally:
+        socket.setdefaulttimeout(before)
+    typer.echo(f"imagenet weights for {architecture} at {image_size} px are available")
+
+
+@weights_app.command("calibrate")
+def weights_calibrate(
+    architecture: str = typer.Argument(..., help="A keras.applications architecture, e.g. mobilenet_v2."),
+    dataset: str = typer.Argument(..., help="A prepared dataset: a local directory or its location in the artifact store."),
+    to: str = typer.Option(..., "--to", help="Where to put the .weights.h5 file in the artifact store (a key or location)."),
+    image_size: int = typer.Option(224, "--image-size", help="The image side the study uses."),
+    images: int = typer.Option(256, "--images", min=2, max=4096, help="Training images to take the statistics from (no labels)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the random init and the choice of images."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="local or aws (default: SPOTSWEEP_BACKEND)."),
+) -> None:
+    """Put weights a frozen base learns from, with no download, in the artifact store.
+
+    A seeded random init whose BatchNormalization statistics are those of the dataset's training
+    images (no labels): above chance, far below ImageNet's. For machines that cannot
+    download ImageNet weights; a study names the file in "weights".
+    """
+    _base_spec(architecture, image_size, None)
+    settings = _settings(**({"backend": backend} if backend else {}))
+    set_pixel_limit(settings.max_image_pixels)
+    location = _handled(lambda: _calibrate(settings, architecture, dataset, to, image_size, images, seed))
+    typer.echo(f"calibrated {architecture} weights ({image_size} px) in {location}")
+
+
+def _base_spec(architecture: str, image_size: int, weights: str | None) -> ModelSpec:
+    """The ModelSpec of a base, checked before TensorFlow loads: exit 2 for a bad name or size."""
+    arch = ARCHITECTURES.get(architecture)
+    reason = "the benchmark CNN has no pretrained base" if arch and arch.is_benchmark else None
+    reason = reason or (arch.size_error(image_size, weights) if arch else f"unknown architecture {architecture!r}")
+    if reason:
+        typer.echo(f"error: ARCHITECTURE: {reason}", err=True)
+        raise typer.Exit(2)
+    return ModelSpec(architecture=architecture, weights=weights, image_size=image_size)
+
+
+def _calibrate(settings: WorkerSettings, arch: str, dataset: str, to: str, image_size: int, images: int, seed: int) -> str:
+    """Calibrate on `dataset`, put the file at `to` in the artifact store; its display location."""
+    import tempfile
+
+    from shared.datasets import resolve_dataset
+    from worker.training.calibrate import write_calibrated_weights  # TensorFlow loads here
+
+    artifacts = open_backend(settings).artifacts
+    key = artifacts.key_for(to)
+    if not key.endswith(".weights.h5"):
+        raise BadInputError(f"{to!r}: a weights file's name must end in .weights.h5 (Keras picks its loader by name)", "--to")
+    cache_dir = settings.resolved_cache_dir
+    dataset_dir = resolve_dataset(dataset, artifacts, cache_dir / "datasets")
+    with tempfile.TemporaryDirectory() as scratch:
+        path = write_calibrated_weights(
+            dataset_dir, arch, image_size, Path(scratch) / "base.weights.h5", cache_dir / "images", seed, images
+        )
+        artifacts.put_file(path, key)
+    return artifacts.uri(key)

@@ -2,8 +2,9 @@
 
     while not stopping:
         delivery = receive()                  # long poll
-        message  = validate(delivery)         # invalid -> dead-letter, carry on
-        record   = claim(message)             # conditional write; attempt + 1 is the fencing token
+        message  = validate(delivery)         # invalid (or a bad id) -> dead-letter, carry on
+        record   = claim(message)             # conditional write; attempt + 1 is the fencing token;
+                                              # a corrupt record -> dead-letter, carry on
         with heartbeat(record):               # extends visibility and lease every lease/3
             outcome = train(record)           # resumes from the job's last checkpoint
         settle(record, outcome)               # worker.outcomes: ack / retry / fail
@@ -18,22 +19,22 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
-from shared.ports import Backend
 from shared.datasets import resolve_dataset
-from shared.errors import FatalError, LeaseLostError, PermanentError
-from shared.jobs import EpochRecord, JobMessage, JobRecord, PoisonMessage, parse_message
-from shared.paths import job_prefix
-from shared.ports import Delivery
+from shared.errors import BadInputError, CorruptRecordError, FatalError, LeaseLostError, PermanentError
+from shared.jobs import EpochRecord, JobMessage, JobRecord, parse_message
+from shared.paths import check_id, job_prefix, safe_join
+from shared.ports import Backend, Delivery
+from worker.job import EpochReport, JobContext, JobOutcome, JobResult, StopReason
 from worker.lease import Lease, visibility_margin_s
-from worker.outcomes import Outcome, Settler
+from worker.outcomes import Outcome, OutcomeKind, Settler
 from worker.settings import WorkerSettings
 from worker.stop import ColdStop, StopFlag
 
 log = logging.getLogger("spotsweep.worker")
 
-RunJob = Callable[[Any], Any]  # worker.training.run_job: JobContext -> JobResult
+RunJob = Callable[[JobContext], JobResult]  # worker.training.JobRunner
 
 
 @dataclass
@@ -105,34 +106,49 @@ class Worker:
     # --- one message ---
 
     def execute(self, delivery: Delivery) -> None:
-        try:
-            message = parse_message(delivery.body)
-        except PoisonMessage as exc:
-            self._reject(delivery, str(exc))
-            return
-        record = self._claim(message, delivery)
+        message = self._parse(delivery)
+        record = self._claim(message, delivery) if message is not None else None
         if record is None:
             return
         self.processed += 1
-        self.protect(True)
         try:
-            with Lease(self.backend.queue, self.backend.store, record, delivery.receipt, self.settings.lease_s) as lease:
-                outcome = self._run(record, lease)
-        except ColdStop:
-            self.settler.settle(record, delivery, Outcome("fatal", error="cold stop"))
-            raise
-        finally:
-            self.protect(False)
-            shutil.rmtree(self._work_dir(record), ignore_errors=True)  # everything that matters is in the artifact store
+            work_dir = self._work_dir(record)
+        except BadInputError as exc:  # a record the store should have refused: nothing created, nothing removed
+            self._reject(delivery, f"corrupt record: {exc}")
+            return
+        outcome = self._attempt(record, delivery, work_dir)
         self.settler.settle(record, delivery, outcome)
-        if outcome.kind == "fatal":
+        if outcome.kind is OutcomeKind.FATAL:
             self.stop.request(f"fatal: {outcome.error}")
+
+    def _parse(self, delivery: Delivery) -> JobMessage | None:
+        """The message, with ids safe to use as keys and paths; None once a bad one is set aside."""
+        try:
+            message = parse_message(delivery.body)
+            check_id(message.study_id, "study id")
+            check_id(message.job_id, "job id")
+            return message
+        except BadInputError as exc:  # PoisonMessage included
+            self._reject(delivery, str(exc))
+        except Exception as exc:  # RecursionError on deep nesting, or any other parser failure: poison, not a crash
+            self._reject(delivery, f"unparsable message: {type(exc).__name__}: {exc}"[:500])
+        return None
 
     def _reject(self, delivery: Delivery, reason: str) -> None:
         log.error("poison message %s: %s", delivery.message_id, reason, extra={"event": "poison", "reason": reason})
         self.backend.queue.dead_letter(delivery, reason)
 
     def _claim(self, message: JobMessage, delivery: Delivery) -> JobRecord | None:
+        """The claimed record, or None when there is nothing to run: the job is unknown,
+        finished, leased by a live worker, or its record is corrupt (set aside with the message:
+        it can never run as stored, and retrying it would only meet it again)."""
+        try:
+            return self._claim_record(message, delivery)
+        except CorruptRecordError as exc:
+            self._reject(delivery, f"corrupt record: {exc}"[:500])
+            return None
+
+    def _claim_record(self, message: JobMessage, delivery: Delivery) -> JobRecord | None:
         store, queue, now = self.backend.store, self.backend.queue, time.time()
         current = store.get_job(message.study_id, message.job_id)
         if current is None:
@@ -151,25 +167,43 @@ class Worker:
         log.info("claimed %s", record.spec.kind, extra={"event": "claimed", "job_id": record.job_id, "attempt": record.attempt})
         return record
 
+    def _work_dir(self, record: JobRecord) -> Path:
+        """`cache/work/{job_id}-{attempt}`, from a checked id by a safe join: whatever a record
+        says, the worker never creates or deletes anything outside its cache."""
+        job_id = check_id(record.job_id, "job id")
+        return safe_join(self.settings.resolved_cache_dir / "work", f"{job_id}-{record.attempt}")
+
     # --- running the job ---
 
-    def _run(self, record: JobRecord, lease: Lease) -> Outcome:
+    def _attempt(self, record: JobRecord, delivery: Delivery, work_dir: Path) -> Outcome:
+        """Run the job under its lease and scale-in protection; its scratch goes in every case
+        (everything that matters is in the artifact store)."""
+        self.protect(True)
+        try:
+            with Lease(self.backend.queue, self.backend.store, record, delivery.receipt, self.settings.lease_s) as lease:
+                return self._run(record, lease, work_dir)
+        except ColdStop:
+            self.settler.settle(record, delivery, Outcome(OutcomeKind.FATAL, error="cold stop"))
+            raise
+        finally:
+            self.protect(False)
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+    def _run(self, record: JobRecord, lease: Lease, work_dir: Path) -> Outcome:
         started = time.monotonic()
         try:
-            result = self.run_job(self._context(record, lease))
+            result = self.run_job(self._context(record, lease, work_dir))
         except LeaseLostError:
-            return Outcome("lease_lost")
+            return Outcome(OutcomeKind.LEASE_LOST)
         except PermanentError as exc:
-            return self._error_outcome("failed", record, exc, started)
+            return self._error_outcome(OutcomeKind.FAILED, record, exc, started)
         except FatalError as exc:
-            return self._error_outcome("fatal", record, exc, started)
+            return self._error_outcome(OutcomeKind.FATAL, record, exc, started)
         except Exception as exc:  # anything else may be transient (OOM, network): retry, the DLQ bounds it
-            return self._error_outcome("retry", record, exc, started)
+            return self._error_outcome(OutcomeKind.RETRY, record, exc, started)
         return self._result_outcome(record, result)
 
-    def _context(self, record: JobRecord, lease: Lease) -> Any:
-        from worker.training.context import JobContext
-
+    def _context(self, record: JobRecord, lease: Lease, work_dir: Path) -> JobContext:
         cache_dir = self.settings.resolved_cache_dir
         spec = record.spec
         return JobContext(
@@ -177,7 +211,7 @@ class Worker:
             job_id=record.job_id,
             spec=spec,
             dataset_dir=resolve_dataset(spec.dataset, self.backend.artifacts, cache_dir / "datasets"),
-            work_dir=_fresh_dir(self._work_dir(record)),
+            work_dir=_fresh_dir(work_dir),
             artifacts=self.backend.artifacts,
             prefix=job_prefix(record.study_id, record.job_id),
             parent_prefix=job_prefix(record.study_id, spec.parent_job_id) if spec.parent_job_id else None,
@@ -186,17 +220,14 @@ class Worker:
             cache_dir=cache_dir / "images",
         )
 
-    def _work_dir(self, record: JobRecord) -> Path:
-        return self.settings.resolved_cache_dir / "work" / f"{record.job_id}-{record.attempt}"
-
-    def _stop_reason(self, lease: Lease) -> str | None:
+    def _stop_reason(self, lease: Lease) -> StopReason | None:
         if lease.lost:
-            return "lease lost"
+            return StopReason.LEASE_LOST
         if lease.cancel_requested:
-            return "cancelled"
-        return "preempted" if self.stop.requested else None
+            return StopReason.CANCELLED
+        return StopReason.PREEMPTED if self.stop.requested else None
 
-    def _record_epoch(self, record: JobRecord, report: Any) -> None:
+    def _record_epoch(self, record: JobRecord, report: EpochReport) -> None:
         store = self.backend.store
         epoch = EpochRecord(
             study_id=record.study_id, job_id=record.job_id, epoch=report.epoch, attempt=record.attempt,
@@ -212,26 +243,39 @@ class Worker:
         total_s = record.train_seconds + seconds
         return {"train_seconds": total_s, "cost_usd": total_s * self.price_per_hour / 3600}
 
-    def _error_outcome(self, kind: str, record: JobRecord, exc: BaseException, started: float) -> Outcome:
+    def _error_outcome(self, kind: OutcomeKind, record: JobRecord, exc: BaseException, started: float) -> Outcome:
         changes = self._cost(record, time.monotonic() - started)
         error = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-        return Outcome(kind, changes, error=error, traceback=traceback.format_exc())  # type: ignore[arg-type]
+        return Outcome(kind, changes, error=error, traceback=traceback.format_exc())
 
-    def _result_outcome(self, record: JobRecord, result: Any) -> Outcome:
+    def _result_outcome(self, record: JobRecord, result: JobResult) -> Outcome:
         changes: dict[str, Any] = {**self._cost(record, result.seconds), "epochs_run": result.epochs_run}
-        if result.outcome == "stopped":
-            kind = {"cancelled": "cancelled", "lease lost": "lease_lost"}.get(result.stop_reason or "", "preempted")
-            return Outcome(kind, changes)  # type: ignore[arg-type]
-        artifacts = self.backend.artifacts
+        if result.outcome is JobOutcome.STOPPED:
+            return Outcome(stopped_kind(result.stop_reason), changes)
         changes.update(
             best_epoch=result.best_epoch,
             metrics={**record.metrics.model_dump(exclude_none=True), **result.metrics},
             total_params=result.total_params,
             trainable_params=result.trainable_params,
-            checkpoint=artifacts.uri(result.checkpoint) if result.checkpoint else None,
-            artifacts={**record.artifacts, **{name: artifacts.uri(key) for name, key in result.artifacts.items()}},
+            checkpoint=result.checkpoint,  # records hold artifact-store keys; `uri(key)` is for display
+            artifacts={**record.artifacts, **result.artifacts},
         )
-        return Outcome("succeeded", changes)
+        return Outcome(OutcomeKind.SUCCEEDED, changes)
+
+
+def stopped_kind(reason: StopReason | None) -> OutcomeKind:
+    """What a job that stopped when asked to becomes: every reason is named, none is a default."""
+    match reason:
+        case StopReason.PREEMPTED:
+            return OutcomeKind.PREEMPTED
+        case StopReason.CANCELLED:
+            return OutcomeKind.CANCELLED
+        case StopReason.LEASE_LOST:
+            return OutcomeKind.LEASE_LOST
+        case None:
+            raise ValueError("a stopped job result names no stop reason")
+        case _:
+            assert_never(reason)
 
 
 def _fresh_dir(path: Path) -> Path:

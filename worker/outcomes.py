@@ -19,8 +19,10 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any, assert_never
 
 from shared.errors import LeaseLostError
 from shared.followups import advance_study
@@ -32,8 +34,19 @@ from shared.submission import enqueue_record
 
 log = logging.getLogger("spotsweep.worker")
 
-OutcomeKind = Literal["succeeded", "failed", "cancelled", "preempted", "retry", "fatal", "lease_lost"]
 MAX_BACKOFF_S = 900
+
+
+class OutcomeKind(StrEnum):
+    """How a job ended, as far as its record and its message are concerned (the table above)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    PREEMPTED = "preempted"
+    RETRY = "retry"
+    FATAL = "fatal"
+    LEASE_LOST = "lease_lost"
 
 
 @dataclass
@@ -42,6 +55,12 @@ class Outcome:
     changes: dict[str, Any] = field(default_factory=dict)  # record fields to write with the transition
     error: str | None = None
     traceback: str | None = None
+
+    def __post_init__(self) -> None:
+        self.kind = OutcomeKind(self.kind)  # a value outside the table is a ValueError, never a guess
+
+
+Handler = Callable[[JobRecord, Delivery, Outcome], None]
 
 
 def backoff_s(receive_count: int, base_s: float = 5.0) -> float:
@@ -61,9 +80,28 @@ class Settler:
         extra = {"event": outcome.kind, "job_id": record.job_id, "attempt": record.attempt}
         log.info("job %s%s", outcome.kind, f": {outcome.error}" if outcome.error else "", extra=extra)
         try:
-            getattr(self, f"_{outcome.kind}")(record, delivery, outcome)
+            self._handler(outcome.kind)(record, delivery, outcome)
         except LeaseLostError:
             log.warning("fenced out while settling; another worker owns the job", extra=extra)
+
+    def _handler(self, kind: OutcomeKind) -> Handler:
+        match kind:
+            case OutcomeKind.SUCCEEDED:
+                return self._succeeded
+            case OutcomeKind.FAILED:
+                return self._failed
+            case OutcomeKind.CANCELLED:
+                return self._cancelled
+            case OutcomeKind.PREEMPTED:
+                return self._preempted
+            case OutcomeKind.RETRY:
+                return self._retry
+            case OutcomeKind.FATAL:
+                return self._fatal
+            case OutcomeKind.LEASE_LOST:
+                return self._lease_lost
+            case _:  # the type checker proves this unreachable; at run time it is loud
+                assert_never(kind)
 
     def _finish(self, record: JobRecord, status: JobStatus, outcome: Outcome, **more: Any) -> None:
         changes = {**outcome.changes, **more}
@@ -92,7 +130,7 @@ class Settler:
     def _preempted(self, record: JobRecord, delivery: Delivery, outcome: Outcome) -> None:
         # A fresh message, not a release: preemptions must never count towards the dead-letter queue.
         self._finish(record, JobStatus.QUEUED, outcome, preemptions=record.preemptions + 1)
-        enqueue_record(self.queue, record, attempt_hint=record.attempt)
+        enqueue_record(self.queue, record)
         self.queue.delete([delivery.receipt])
 
     def _retry(self, record: JobRecord, delivery: Delivery, outcome: Outcome) -> None:
@@ -119,7 +157,7 @@ class Settler:
         key = f"{job_prefix(record.study_id, record.job_id)}/errors/attempt-{record.attempt}.txt"
         try:
             self.artifacts.put_bytes(key, outcome.traceback.encode())
-            outcome.changes.setdefault("artifacts", dict(record.artifacts))["traceback"] = self.artifacts.uri(key)
+            outcome.changes.setdefault("artifacts", dict(record.artifacts))["traceback"] = key
         except Exception:  # the error itself matters more than its traceback file
             log.warning("could not store traceback", exc_info=True)
 
@@ -129,5 +167,5 @@ class Settler:
         except Exception:  # the next finishing job (or `submit finetune/evaluate`) advances it
             log.warning("could not advance study", exc_info=True, extra={"event": "advance_failed"})
             return
-        for stage in stages:
-            log.info("study %s: enqueued %s jobs", record.study_id, stage, extra={"event": "followups", "study_id": record.study_id})
+        for stage, count in stages.items():
+            log.info("study %s: %d %s jobs enqueued", record.study_id, count, stage, extra={"event": "followups", "study_id": record.study_id})

@@ -9,6 +9,9 @@ Class names, first found wins: `--classes-from` (a prepared dataset directory wi
 or a classes JSON file: a list, or {"classes": [...]}), then `<model>.classes.json` beside the
 model (what `submit export` writes), then the manifest of the job's dataset (`--job`). Without
 any, classes are named by their index.
+
+`--job` reads the job's checkpoint from the configured artifact store only (by its key), never
+from a path a record names.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from typing import Any
 
 from shared.ports import Backend
 from shared.errors import BadInputError, NotFoundError
+from shared.datasets.sync import dataset_classes
 from shared.manifest import MANIFEST_NAME
+from shared.paths import check_id, safe_join
 
 
 @dataclass
@@ -52,40 +57,23 @@ def classes_from(location: Path) -> list[str]:
     return classes
 
 
-def dataset_classes(dataset: str, backend: Backend) -> list[str]:
-    """Class names of a job's dataset, from its manifest only (no images are synced)."""
-    from shared.datasets import fetch_manifest, load_manifest, store_prefix
-
-    if dataset.startswith(("s3://", "artifacts:")):
-        return list(fetch_manifest(backend.artifacts, store_prefix(dataset, backend.artifacts)).classes)
-    return list(load_manifest(Path(dataset).expanduser()).classes)
-
-
 def job_source(backend: Backend, job_id: str, scratch: Path) -> Source:
-    """A job's best checkpoint (fetched into `scratch` unless it is a local file) and its classes."""
-    record = backend.store.find_job(job_id)
+    """A job's best checkpoint, fetched from the configured artifact store into `scratch`, and its
+    classes. The record's checkpoint is a key: one that names a local path (or another bucket) is
+    refused, so a record can never make predict load a file of this machine."""
+    record = backend.store.find_job(check_id(job_id, "job id"))
     if record is None:
         raise BadInputError(f"unknown job {job_id!r}", "--job")
     if not record.checkpoint:
         raise NotFoundError(f"job {job_id} has no checkpoint yet (status {record.status.value})")
-    path = Path(record.checkpoint)
-    if not (path.is_absolute() and path.is_file()):
-        key = _key(backend, record.checkpoint)
-        path = scratch / f"{record.job_id}.keras"
-        backend.artifacts.get_file(key, path)
+    key = backend.artifacts.key_for(record.checkpoint)
+    path = safe_join(scratch, f"{check_id(record.job_id, 'job id')}.keras")
+    backend.artifacts.get_file(key, path)
     try:
-        classes: list[str] | None = dataset_classes(record.spec.dataset, backend)
+        classes: list[str] | None = dataset_classes(record.spec.dataset, backend.artifacts)
     except (NotFoundError, BadInputError, OSError):
         classes = None
     return Source(path, record.job_id, classes)
-
-
-def _key(backend: Backend, location: str) -> str:
-    if location.startswith("s3://"):
-        bucket, _, key = location.removeprefix("s3://").partition("/")
-        root = getattr(backend.artifacts, "prefix", "")
-        return key.removeprefix(root if isinstance(root, str) else "")
-    return location
 
 
 def resolve(
@@ -114,12 +102,14 @@ def load_images(paths: list[Path], size: int) -> Any:
     import numpy as np
     import tensorflow as tf
 
+    from shared.datasets.images import check_image
     from worker.training.data import decode_image
 
     images = []
     for path in paths:
         if not Path(path).is_file():
             raise BadInputError(f"no image file {path}", "IMAGE")
+        check_image(Path(path))  # format and pixel limit from the header, before decoding
         try:
             images.append(decode_image(tf.constant(str(path)), size).numpy())
         except tf.errors.OpError:

@@ -11,6 +11,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.config import BackendConfig
+from shared.datasets.images import DEFAULT_MAX_PIXELS
 
 
 class WorkerSettings(BackendConfig, BaseSettings):
@@ -23,6 +24,8 @@ class WorkerSettings(BackendConfig, BaseSettings):
     asg_name: str | None = None  # the autoscaling group this worker may leave when idle
     log_format: Literal["human", "json"] = "human"
     retry_backoff_s: float = Field(5.0, ge=0)  # base of the exponential backoff after a transient error
+    # Images claiming more pixels (x frames) are refused from their header, before decoding.
+    max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
     @property

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from types import ModuleType
+
 import pytest
 
 import tfmodel
@@ -11,5 +13,8 @@ def tf() -> tfmodel.Module:
 
 
 @pytest.fixture(scope="session")
-def scaling():
-    return tfmodel.load_scaling()
+def scaling() -> ModuleType:
+    """The scaling rule (ci/infra/scaling.py), which the Terraform policies must implement."""
+    import scaling
+
+    return scaling

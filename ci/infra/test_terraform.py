@@ -33,6 +33,7 @@ WORKER_ACTIONS = {
     "dynamodb:DescribeTable",  # open_aws checks the table at startup
     "s3:GetObject",
     "s3:PutObject",
+    "s3:DeleteObject",  # the previous epoch's state, a lost feature-cache race's uploads (worker/training/)
     "s3:ListBucket",
     "s3:AbortMultipartUpload",
     "autoscaling:SetInstanceProtection",
@@ -40,6 +41,8 @@ WORKER_ACTIONS = {
     "ec2:DescribeSpotPriceHistory",
     "autoscaling:DescribeAutoScalingInstances",
 }
+# Where workers write: every job's artifacts (shared.paths.job_prefix) and the feature cache.
+WORKER_WRITE_PREFIXES = ("studies", "feature-cache")
 # Actions without resource-level permissions: AWS accepts only Resource "*".
 STAR_RESOURCE_ALLOWED = {"ec2:DescribeSpotPriceHistory", "autoscaling:DescribeAutoScalingInstances"}
 
@@ -108,6 +111,32 @@ def test_every_variable_is_documented_and_typed(tf):
 )
 def test_key_variables_are_validated(tf, name):
     assert blocks(tf.variables[name], "validation"), f"variable {name} has no validation"
+
+
+def _worker_package_pattern(tf) -> re.Pattern[str]:
+    """The validation regex that asks worker_package for the worker extra (HCL escapes undone)."""
+    for validation in blocks(tf.variables["worker_package"], "validation"):
+        found = re.search(r'regex\("(\^spotsweep.*)", var\.worker_package\)', validation["condition"])
+        if found:
+            return re.compile(found.group(1).replace("\\\\", "\\"))
+    raise AssertionError("worker_package has no validation for the worker extra")
+
+
+@pytest.mark.parametrize(
+    ("requirement", "accepted"),
+    [
+        ("spotsweep[worker]", True),
+        ("spotsweep[worker]==0.1.0", True),
+        ("spotsweep[dev,worker] @ https://example.invalid/spotsweep-0.1.0-py3-none-any.whl", True),
+        ("spotsweep", False),  # the submitter alone: no TensorFlow on the instance
+        ("spotsweep==0.1.0", False),
+        ("spotsweep[dev]", False),
+        ("spotsweep @ https://example.invalid/spotsweep-0.1.0-py3-none-any.whl", False),
+    ],
+)
+def test_worker_package_must_name_the_worker_extra(tf, requirement, accepted):
+    assert default(tf, "worker_package") == "spotsweep[worker]"
+    assert bool(_worker_package_pattern(tf).match(requirement)) is accepted
 
 
 def test_contract_defaults(tf):
@@ -302,8 +331,31 @@ def test_worker_resources_are_this_stacks(tf):
         "${aws_dynamodb_table.jobs.arn}/index/*",
     }
     assert by_sid["ArtifactsList"]["resources"] == ["${aws_s3_bucket.artifacts.arn}"]
-    assert by_sid["ArtifactsObjects"]["resources"] == ["${aws_s3_bucket.artifacts.arn}/*"]
+    assert by_sid["ArtifactsRead"]["resources"] == ["${aws_s3_bucket.artifacts.arn}/*"]
+    assert set(by_sid["ArtifactsWrite"]["resources"]) == {
+        f"${{aws_s3_bucket.artifacts.arn}}/{prefix}/*" for prefix in WORKER_WRITE_PREFIXES
+    }
     assert by_sid["OwnAutoScalingGroup"]["resources"] == ["${aws_autoscaling_group.workers.arn}"]
+
+
+def test_s3_writes_only_under_the_workers_prefixes(tf):
+    """Reads anywhere (datasets, weights), writes and deletes only where workers write."""
+    writes = {"s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"}
+    for statement in _worker_statements(tf):
+        if writes & set(statement["actions"]):
+            assert statement["sid"] == "ArtifactsWrite", statement["sid"]
+    by_sid = {s["sid"]: s for s in _worker_statements(tf)}
+    assert by_sid["ArtifactsRead"]["actions"] == ["s3:GetObject"]
+    assert set(by_sid["ArtifactsWrite"]["actions"]) == writes
+
+
+def test_write_prefixes_are_the_ones_the_code_writes():
+    """The policy's prefixes follow the code: a moved prefix fails here, not on AWS."""
+    paths = (tfmodel.REPO / "shared" / "paths.py").read_text(encoding="utf-8")
+    job_prefix = re.search(r'def job_prefix\(.*\n(?:.*\n){0,3}\s+return f"studies/\{', paths)
+    assert job_prefix, "shared.paths.job_prefix no longer writes under studies/"
+    worker_code = "".join(path.read_text(encoding="utf-8") for path in (tfmodel.REPO / "worker").rglob("*.py"))
+    assert set(re.findall(r'feature_cache_prefix: str = "([^"]+)"', worker_code)) == {"feature-cache"}
 
 
 def test_role_trusts_ec2_and_has_an_instance_profile(tf):
@@ -450,7 +502,7 @@ def test_scale_out_from_zero_policy_and_alarm(tf):
 
 def test_scaling_rule_is_documented_beside_the_policy(tf):
     text = tf.text("autoscaling.tf")
-    assert "shared/scaling.py" in text
+    assert "ci/infra/scaling.py" in text
     assert "ceil(backlog / target_backlog_per_instance)" in text
 
 
@@ -481,7 +533,7 @@ def test_env_exports_is_one_export_line_with_every_setting(tf):
         assert f'"{key}={ref}"' in value, key
 
 
-# --- agreement with shared/scaling.py ----------------------------------------------------------
+# --- agreement with ci/infra/scaling.py --------------------------------------------------------
 
 
 def test_terraform_defaults_equal_the_scaling_module(tf, scaling):
@@ -549,4 +601,4 @@ def test_dockerfile_is_pinned_non_root_with_healthcheck():
     assert re.search(r"^HEALTHCHECK\s", text, flags=re.M)
     (entry,) = re.findall(r"^ENTRYPOINT\s+(.+)$", text, flags=re.M)
     assert json.loads(entry) == ["worker", "run"]
-    assert "pip install --no-cache-dir ." in text
+    assert 'pip install --no-cache-dir ".[worker]"' in text  # the worker extra: TensorFlow, Keras

@@ -27,7 +27,7 @@ BASE_VALUES = {
     "cache_dir": "/data/cache",
     "idle_timeout_s": 600,
     "price_per_hour": "",
-    "worker_package": "spotsweep==0.1.0",
+    "worker_package": "spotsweep[worker]==0.1.0",
     "worker_python": "/opt/tensorflow/bin/python3",
     "worker_image": "",
     "metadata_url": "http://169.254.169.254",
@@ -35,7 +35,7 @@ BASE_VALUES = {
 
 SCENARIOS = {
     "pip": {},
-    "pip-with-price": {"price_per_hour": "0.526", "worker_package": "https://example.invalid/spotsweep-0.1.0-py3-none-any.whl"},
+    "pip-with-price": {"price_per_hour": "0.526", "worker_package": "spotsweep[worker] @ https://example.invalid/spotsweep-0.1.0-py3-none-any.whl"},
     "docker": {"worker_image": "ghcr.io/example/spotsweep-worker:0.1.0"},
 }
 
@@ -115,6 +115,9 @@ def test_rendered_user_data_runs_the_worker_under_systemd():
     assert "RequiresMountsFor=$DATA_MOUNT" in text
     assert "systemctl enable --now spotsweep-worker.service" in text
     assert '"$PY" -m pip install --no-cache-dir --disable-pip-version-check "$WORKER_PACKAGE"' in text
+    # Without the worker extra the entry point exits 1 with one line: the bootstrap stops there.
+    install, check = text.index('"$WORKER_PACKAGE"'), text.index('"$(dirname "$PY")/worker" --help > /dev/null')
+    assert install < check < text.index("systemctl enable --now spotsweep-worker.service")
 
 
 def test_rendered_user_data_container_mode():
@@ -122,6 +125,14 @@ def test_rendered_user_data_container_mode():
     assert 'WORKER_IMAGE="ghcr.io/example/spotsweep-worker:0.1.0"' in text
     assert "docker run --rm --name spotsweep-worker --gpus all --network host --env-file $ENV_FILE" in text
     assert "--volume $DATA_MOUNT:$DATA_MOUNT $WORKER_IMAGE --idle-timeout $IDLE_TIMEOUT_S" in text
+
+
+def test_rendered_user_data_container_drops_privileges():
+    text = render(**SCENARIOS["docker"])
+    (line,) = [line for line in text.splitlines() if line.strip().startswith('EXEC_START="/usr/bin/docker run')]
+    assert "--cap-drop ALL" in line
+    assert "--security-opt no-new-privileges" in line
+    assert "--privileged" not in line and "--cap-add" not in line and "--user" not in line  # the image's uid 10001
 
 
 def test_rendered_user_data_mounts_the_data_volume():

@@ -7,12 +7,9 @@ quotes and markers so tests compare plain values. Expressions stay as ``${...}``
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import hcl2
@@ -141,17 +138,6 @@ def eval_simple(expression: str, names: dict[str, Any]) -> Any:
     if not re.fullmatch(r"[\s\d+\-*/()=<>!]*", re.sub(r"__n\['[\w.]+'\]", "", py)):
         raise ValueError(f"not a simple expression: {text!r}")
     return eval(py, {"__builtins__": {}}, {"__n": names})  # noqa: S307 - checked charset above
-
-
-def load_scaling() -> ModuleType:
-    """shared/scaling.py by path: stdlib only, no need for the project's dependencies."""
-    path = REPO / "shared" / "scaling.py"
-    spec = importlib.util.spec_from_file_location("spotsweep_scaling_under_test", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 PLACEHOLDER = re.compile(r"(?<!\$)\$\{([^}]*)\}")

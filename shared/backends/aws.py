@@ -5,7 +5,12 @@
   botocore honours itself), resolves the queue URLs and checks that the table and the bucket
   exist: a missing one is `ResourceMissingError` with one line naming it.
 - `provision(config, session)`: `submit init --backend aws`. Creates whatever of the DLQ, queue,
-  table and bucket is missing (idempotent) and says what it created or found.
+  table and bucket is missing (idempotent) and says what it created or found. The bucket is made
+  like Terraform's (`terraform/bucket.tf`): private, encrypted, versioned (old versions expire),
+  TLS only.
+- The bucket's name is guessable (`<stack>-artifacts`), so anyone could create it first in their
+  own account. Every S3 call names the caller's account (STS `GetCallerIdentity`, which needs no
+  permission) as `ExpectedBucketOwner`: S3 answers 403 for a bucket owned by anyone else.
 
 The names derive from the stack (`BackendConfig.resolved_*`), the same names Terraform uses.
 """
@@ -31,6 +36,10 @@ __all__ = ["DynamoJobStore", "S3ArtifactStore", "SqsJobQueue", "aws_clients", "o
 
 MAX_ATTEMPTS = 5
 DLQ_RETENTION_S = 14 * 24 * 3600  # the longest SQS keeps a message: time to look at poison
+# As terraform/variables.tf: versions overwritten or deleted expire after this many days; under
+# studies/ sooner, because checkpoints are rewritten every epoch.
+NONCURRENT_VERSION_DAYS = 30
+CHECKPOINT_NONCURRENT_DAYS = 7
 QUEUE_RETENTION_S = 14 * 24 * 3600  # a study may sit in the queue while workers scale up
 
 
@@ -61,30 +70,42 @@ def _client_config(session: Any, pool: int = 10) -> Config:
 
 
 def aws_clients(config: BackendConfig, session: Any = None) -> dict[str, Any]:
-    """{"sqs", "dynamodb", "s3"} clients for `config` (region from the config or the session)."""
+    """{"sqs", "dynamodb", "s3", "sts"} clients for `config` (region from the config or the session)."""
     session = _session(config, session)
     region = _region(config, session)
     return {
         "sqs": session.client("sqs", region_name=region, config=_client_config(session)),
         "dynamodb": session.client("dynamodb", region_name=region, config=_client_config(session)),
         "s3": session.client("s3", region_name=region, config=_client_config(session, pool=32)),
+        "sts": session.client("sts", region_name=region, config=_client_config(session)),
     }
 
 
-def open_aws(config: BackendConfig, session: Any = None) -> Backend:
+def open_aws(config: BackendConfig, session: Any = None, expected_owner: str | None = None) -> Backend:
+    """The AWS backend of `config`, its resources checked. `expected_owner` (an account id) is the
+    bucket's owner to insist on; None: the account of these credentials."""
     clients = aws_clients(config, session)
     sqs, dynamodb, s3 = clients["sqs"], clients["dynamodb"], clients["s3"]
     region = sqs.meta.region_name
+    owner = expected_owner or caller_account(clients["sts"], region)
     queue_url = _queue_url(sqs, config.resolved_queue_name, region)
     dlq_url = _queue_url(sqs, config.resolved_dlq_name, region)
     _check_table(dynamodb, config.resolved_table_name, region)
-    _check_bucket(s3, config.resolved_bucket, region)
+    _check_bucket(s3, config.resolved_bucket, region, owner)
     return Backend(
         queue=SqsJobQueue(sqs, queue_url, dlq_url, config.lease_s, config.max_receives),
         store=DynamoJobStore(dynamodb, config.resolved_table_name),
-        artifacts=S3ArtifactStore(s3, config.resolved_bucket),
+        artifacts=S3ArtifactStore(s3, config.resolved_bucket, expected_owner=owner),
         name="aws",
     )
+
+
+def caller_account(sts: Any, region: str) -> str:
+    """The account id of the credentials in use (allowed to every principal: no IAM permission)."""
+    try:
+        return str(sts.get_caller_identity()["Account"])
+    except (ClientError, BotoCoreError) as exc:
+        raise translate(exc, "STS caller identity", "GetCallerIdentity", region) from exc
 
 
 # --- resolving and checking resources ---
@@ -111,9 +132,9 @@ def _check_table(dynamodb: Any, name: str, region: str) -> dict[str, Any]:
         raise translate(exc, "DynamoDB table", name, region) from exc
 
 
-def _check_bucket(s3: Any, name: str, region: str) -> None:
+def _check_bucket(s3: Any, name: str, region: str, owner: str) -> None:
     try:
-        s3.head_bucket(Bucket=name)
+        s3.head_bucket(Bucket=name, ExpectedBucketOwner=owner)
     except ClientError as exc:
         code = error_code(exc)
         if code in ("404", "NoSuchBucket", "NotFound"):
@@ -121,7 +142,7 @@ def _check_bucket(s3: Any, name: str, region: str) -> None:
         if code in ("403", "AccessDenied"):
             raise FatalError(
                 f"S3 bucket '{name}' exists but these credentials may not use it (403): "
-                "it may belong to another account; set SPOTSWEEP_BUCKET"
+                f"it may belong to an account other than {owner}; set SPOTSWEEP_BUCKET"
             ) from None
         raise translate(exc, "S3 bucket", name, region) from exc
     except BotoCoreError as exc:
@@ -137,6 +158,7 @@ def provision(config: BackendConfig, session: Any = None) -> list[str]:
     clients = aws_clients(config, session)
     sqs, dynamodb, s3 = clients["sqs"], clients["dynamodb"], clients["s3"]
     region = sqs.meta.region_name
+    owner = caller_account(clients["sts"], region)
     lines: list[str] = []
     try:
         dlq_url, line = _ensure_queue(
@@ -161,7 +183,7 @@ def provision(config: BackendConfig, session: Any = None) -> list[str]:
         )
         lines.append(line)
         lines.append(_ensure_table(dynamodb, config.resolved_table_name, region))
-        lines.append(_ensure_bucket(s3, config.resolved_bucket, region))
+        lines.append(_ensure_bucket(s3, config.resolved_bucket, region, owner))
     except (ClientError, BotoCoreError) as exc:
         raise translate(exc, "AWS resource", config.stack, region) from exc
     return lines
@@ -219,12 +241,15 @@ def _ensure_table(dynamodb: Any, name: str, region: str) -> str:
     return f"created DynamoDB table {name} (on-demand, GSI {JOB_INDEX})"
 
 
-def _ensure_bucket(s3: Any, name: str, region: str) -> str:
+def _ensure_bucket(s3: Any, name: str, region: str, owner: str) -> str:
     try:
-        _check_bucket(s3, name, region)
-        return f"found S3 bucket {name}"
+        _check_bucket(s3, name, region, owner)
     except ResourceMissingError:
         pass
+    else:  # someone's bucket (Terraform's, an older init's): its settings are theirs
+        versioning = s3.get_bucket_versioning(Bucket=name, ExpectedBucketOwner=owner).get("Status")
+        note = "" if versioning == "Enabled" else " (warning: versioning is off; left as it is)"
+        return f"found S3 bucket {name}{note}"
     kwargs: dict[str, Any] = {"Bucket": name}
     if region != "us-east-1":
         kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
@@ -233,9 +258,19 @@ def _ensure_bucket(s3: Any, name: str, region: str) -> str:
     except ClientError as exc:
         if error_code(exc) != "BucketAlreadyOwnedByYou":
             raise
-    s3.get_waiter("bucket_exists").wait(Bucket=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    s3.get_waiter("bucket_exists").wait(
+        Bucket=name, ExpectedBucketOwner=owner, WaiterConfig={"Delay": 1, "MaxAttempts": 30}
+    )
+    _configure_bucket(s3, name, owner)
+    return f"created S3 bucket {name} (public access blocked, SSE-S3, versioned, TLS only)"
+
+
+def _configure_bucket(s3: Any, name: str, owner: str) -> None:
+    """Private, encrypted, versioned and TLS only, in that order: the public access block exists
+    before any policy is set (as in terraform/bucket.tf)."""
+    mine = {"Bucket": name, "ExpectedBucketOwner": owner}
     s3.put_public_access_block(
-        Bucket=name,
+        **mine,
         PublicAccessBlockConfiguration={
             "BlockPublicAcls": True,
             "IgnorePublicAcls": True,
@@ -244,9 +279,40 @@ def _ensure_bucket(s3: Any, name: str, region: str) -> str:
         },
     )
     s3.put_bucket_encryption(
-        Bucket=name,
+        **mine,
         ServerSideEncryptionConfiguration={
             "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}, "BucketKeyEnabled": True}]
         },
     )
-    return f"created S3 bucket {name} (public access blocked, SSE-S3)"
+    s3.put_bucket_versioning(**mine, VersioningConfiguration={"Status": "Enabled"})
+    s3.put_bucket_lifecycle_configuration(**mine, LifecycleConfiguration={"Rules": _lifecycle_rules()})
+    s3.put_bucket_policy(**mine, Policy=json.dumps(tls_only_policy(name)))
+
+
+def _lifecycle_rules() -> list[dict[str, Any]]:
+    """Versioning keeps every overwritten checkpoint: expire the old versions (the shorter of two
+    overlapping rules wins, so studies/ keeps them a week)."""
+    return [
+        {
+            "ID": "expire-noncurrent-versions", "Status": "Enabled", "Filter": {},
+            "NoncurrentVersionExpiration": {"NoncurrentDays": NONCURRENT_VERSION_DAYS},
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7},
+        },
+        {
+            "ID": "expire-old-study-checkpoints", "Status": "Enabled", "Filter": {"Prefix": "studies/"},
+            "NoncurrentVersionExpiration": {"NoncurrentDays": CHECKPOINT_NONCURRENT_DAYS},
+        },
+    ]
+
+
+def tls_only_policy(bucket: str) -> dict[str, Any]:
+    """The bucket policy that refuses every request not made over TLS (terraform/bucket.tf)."""
+    arn = f"arn:aws:s3:::{bucket}"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+            "Resource": [arn, f"{arn}/*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        }],
+    }

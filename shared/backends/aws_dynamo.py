@@ -30,6 +30,11 @@ created some of the ids in between (and a worker maybe claimed them already), th
 cancelled naming those items, and it is retried without them. A transactional write costs two
 write units per item instead of one; on-demand that is about $1.25 per million jobs.
 
+Field changes are checked, and every record read back is validated against the key it came from,
+by `shared.backends.checks`, as on every adapter: an identity or lease field in `changes` is
+refused before any request is made; a corrupt item raises `CorruptRecordError` or, in a listing,
+is left out with a warning.
+
 Queries, never scans: `list_jobs` (begins_with `JOB#`, paginated, job id order), `epochs`,
 `list_studies` (the `STUDIES` family, then `BatchGetItem` of the studies), `find_job` (the GSI).
 """
@@ -40,16 +45,24 @@ import json
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from decimal import Decimal
-from functools import lru_cache
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
-from pydantic import TypeAdapter
 
-from shared.backends.aws_errors import RETRYABLE_CODES, aws_errors, error_code, generator_aws_errors
+from shared.backends.aws_errors import RETRYABLE_CODES, aws_errors, error_code
 from shared.backends.batching import backoff, bounded_batches
-from shared.errors import BadInputError, LeaseLostError, NotFoundError, RetryableError
+from shared.backends.checks import (
+    HOLDER_FORBIDDEN,
+    RESET_FORBIDDEN,
+    finish_status,
+    job_changes,
+    read_job,
+    read_record,
+    read_study,
+    readable,
+)
+from shared.errors import LeaseLostError, NotFoundError, RetryableError
 from shared.jobs import EpochRecord, JobRecord, StudyRecord
 from shared.status import JobStatus
 
@@ -62,7 +75,6 @@ TRANSACT_MAX_ITEMS = 100  # DynamoDB's limit per TransactWriteItems (25 before S
 TRANSACT_MAX_BYTES = 3_500_000  # under the 4 MB a transaction may carry
 BATCH_GET_MAX_KEYS = 100
 ATTEMPTS = 8
-IDENTITY_FIELDS = frozenset({"study_id", "job_id"})
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -96,7 +108,8 @@ def to_dynamo(value: Any) -> Any:
     """JSON-mode Python -> what TypeSerializer takes: floats become exact Decimals.
 
     DynamoDB has no NaN or infinity: those are stored as the strings "NaN", "Infinity" and
-    "-Infinity", which pydantic reads back into float fields."""
+    "-Infinity", which pydantic reads back into float fields.
+    """
     if isinstance(value, bool) or value is None or isinstance(value, str | int | Decimal):
         return value
     if isinstance(value, float):
@@ -133,28 +146,6 @@ def deserialize_item(item: dict[str, Any]) -> dict[str, Any]:
 
 def serialize_value(value: Any) -> dict[str, Any]:
     return _serializer.serialize(to_dynamo(value))
-
-
-@lru_cache(maxsize=None)
-def _field_adapter(name: str) -> TypeAdapter[Any]:
-    return TypeAdapter(JobRecord.model_fields[name].annotation)
-
-
-def validated_changes(changes: dict[str, Any]) -> dict[str, Any]:
-    """Validate each changed JobRecord field by its type; JSON-mode values. Unknown fields are
-    ignored (as `JobRecord` itself ignores them); the identity fields cannot change."""
-    out: dict[str, Any] = {}
-    for name, value in changes.items():
-        if name not in JobRecord.model_fields:
-            continue
-        if name in IDENTITY_FIELDS:
-            raise BadInputError(f"a job's {name} cannot change")
-        adapter = _field_adapter(name)
-        try:
-            out[name] = adapter.dump_python(adapter.validate_python(value), mode="json")
-        except ValueError as exc:
-            raise BadInputError(f"invalid value for job field {name!r}: {exc}", name) from None
-    return out
 
 
 class _Expression:
@@ -236,16 +227,13 @@ class DynamoJobStore:
     @aws_errors
     def get_study(self, study_id: str) -> StudyRecord | None:
         item = self._get({"pk": study_pk(study_id), "sk": META_SK})
-        return StudyRecord.model_validate(item) if item else None
+        return read_study(item, study_id) if item else None
 
     @aws_errors
     def list_studies(self) -> list[StudyRecord]:
-        ids = [
-            item["study_id"]
-            for item in self._query(STUDIES_PK, "", projection=["study_id"])
-        ]
+        ids = [item["study_id"] for item in self._query(STUDIES_PK, "", projection=["study_id"])]
         keys = [{"pk": study_pk(i), "sk": META_SK} for i in dict.fromkeys(ids)]
-        studies = [StudyRecord.model_validate(item) for item in self._batch_get(keys)]
+        studies = readable(self._batch_get(keys), lambda item: read_study(item, study_id_of(item)))
         return sorted(studies, key=lambda s: (-s.created_at, s.study_id))
 
     @aws_errors
@@ -298,8 +286,8 @@ class DynamoJobStore:
 
     @aws_errors
     def get_job(self, study_id: str, job_id: str) -> JobRecord | None:
-        item = self._get({"pk": study_pk(study_id), "sk": job_sk(job_id)})
-        return JobRecord.model_validate(item) if item else None
+        item = self._get(self._job_key(study_id, job_id))
+        return read_job(item, study_id, job_id) if item else None
 
     @aws_errors
     def find_job(self, job_id: str) -> JobRecord | None:
@@ -312,19 +300,12 @@ class DynamoJobStore:
             **expr.kwargs(),
         )
         items = response.get("Items", [])
-        return JobRecord.model_validate(deserialize_item(items[0])) if items else None
+        return _job(deserialize_item(items[0])) if items else None
 
     @aws_errors
     def list_jobs(self, study_id: str, status: JobStatus | None = None) -> list[JobRecord]:
         where = {"status": JobStatus(status).value} if status is not None else None
-        return [JobRecord.model_validate(item) for item in self._query(study_pk(study_id), JOB_PREFIX, where)]
-
-    @generator_aws_errors
-    def iter_jobs(self, study_id: str, status: JobStatus | None = None) -> Iterator[JobRecord]:
-        """`list_jobs`, page by page (for studies too large to hold twice)."""
-        where = {"status": JobStatus(status).value} if status is not None else None
-        for item in self._query(study_pk(study_id), JOB_PREFIX, where):
-            yield JobRecord.model_validate(item)
+        return readable(self._query(study_pk(study_id), JOB_PREFIX, where), _job)
 
     # --- jobs: transitions ---
 
@@ -353,7 +334,7 @@ class DynamoJobStore:
             if failed.item is None:
                 raise NotFoundError(f"unknown job {job_id} in study {study_id}") from None
             return None
-        return JobRecord.model_validate(item)
+        return _job(item)
 
     @aws_errors
     def renew(self, study_id: str, job_id: str, attempt: int, lease_s: float, now: float) -> JobRecord:
@@ -361,17 +342,17 @@ class DynamoJobStore:
 
     @aws_errors
     def update(self, study_id: str, job_id: str, attempt: int, changes: dict[str, Any]) -> None:
-        self._fenced(study_id, job_id, attempt, validated_changes(changes), returns=False)
+        self._fenced(study_id, job_id, attempt, job_changes(changes, HOLDER_FORBIDDEN), returns=False)
 
     @aws_errors
     def finish(
         self, study_id: str, job_id: str, attempt: int, status: JobStatus, changes: dict[str, Any]
     ) -> JobRecord:
         fields = {
-            **validated_changes(changes),
+            **job_changes(changes, HOLDER_FORBIDDEN),
             "lease_owner": None,
             "lease_expires_at": None,
-            "status": JobStatus(status).value,
+            "status": finish_status(status).value,
         }
         return self._fenced(study_id, job_id, attempt, fields)
 
@@ -380,13 +361,14 @@ class DynamoJobStore:
         self, study_id: str, job_id: str, from_statuses: Sequence[JobStatus], to: JobStatus, changes: dict[str, Any]
     ) -> bool:
         to = JobStatus(to)
+        fields = {**job_changes(changes, RESET_FORBIDDEN), "status": to.value}
         allowed = [JobStatus(s) for s in dict.fromkeys(from_statuses) if JobStatus(s).can_become(to)]
         if not allowed:
             if self._get(self._job_key(study_id, job_id), projection=["pk"]) is None:
                 raise NotFoundError(f"unknown job {job_id} in study {study_id}")
             return False
         expr = _Expression()
-        update = expr.update({**validated_changes(changes), "status": to.value})
+        update = expr.update(fields)
         condition = f"{expr.n('status')} IN ({', '.join(expr.v(s.value) for s in allowed)})"
         return self._update_if(study_id, job_id, expr, update, condition)
 
@@ -430,10 +412,8 @@ class DynamoJobStore:
 
     @aws_errors
     def epochs(self, study_id: str, job_id: str) -> list[EpochRecord]:
-        return [
-            EpochRecord.model_validate({**item, "job_id": job_id})
-            for item in self._query(study_pk(study_id), f"{EPOCH_PREFIX}{job_id}#")
-        ]
+        items = self._query(study_pk(study_id), f"{EPOCH_PREFIX}{job_id}#")
+        return readable(items, lambda item: _epoch(item, study_id, job_id))
 
     # --- helpers ---
 
@@ -458,7 +438,7 @@ class DynamoJobStore:
             item = self._update(self._job_key(study_id, job_id), expr, update, condition, returns=returns)
         except _ConditionFailed as failed:
             self._raise_fenced(study_id, job_id, attempt, failed.item)
-        return JobRecord.model_validate(item) if returns else None
+        return _job(item) if returns else None
 
     @staticmethod
     def _raise_fenced(study_id: str, job_id: str, attempt: int, item: dict[str, Any] | None) -> None:
@@ -518,8 +498,11 @@ class DynamoJobStore:
         return deserialize_item(response["Attributes"]) if returns else None
 
     def _transact(self, items: list[dict[str, Any]]) -> dict[int, dict[str, Any] | None]:
-        """TransactWriteItems, retried on conflicts and throttling. Returns {} on success, else
-        {index: old item or None} of the items whose condition failed (nothing was written)."""
+        """TransactWriteItems, retried on conflicts and throttling.
+
+        Returns {} on success, else {index: old item or None} of the items whose condition failed
+        (then nothing was written).
+        """
         for attempt in range(ATTEMPTS):
             try:
                 self.client.transact_write_items(TransactItems=items)
@@ -595,6 +578,21 @@ class DynamoJobStore:
 
     def __repr__(self) -> str:
         return f"DynamoJobStore({self.table_name!r})"
+
+
+def study_id_of(item: dict[str, Any]) -> str:
+    """The study id in an item's partition key (`STUDY#<study_id>`)."""
+    return str(item["pk"]).removeprefix(study_pk(""))
+
+
+def _job(item: dict[str, Any]) -> JobRecord:
+    """The job record in a job item, checked against the ids its keys carry."""
+    return read_job(item, study_id_of(item), str(item["sk"]).removeprefix(JOB_PREFIX))
+
+
+def _epoch(item: dict[str, Any], study_id: str, job_id: str) -> EpochRecord:
+    """The epoch record in an epoch item (which leaves `job_id` out: it is in the sort key)."""
+    return read_record(EpochRecord, {**item, "job_id": job_id}, f"{item['sk']} of job {job_id} of study {study_id}")
 
 
 def _chunks(records: Iterable[JobRecord], size: int) -> Iterator[list[JobRecord]]:

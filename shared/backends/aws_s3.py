@@ -6,7 +6,10 @@
   target never holds a partial file;
 - `put_bytes(if_absent=True)` is a conditional `PutObject` (`If-None-Match: *`): S3 refuses it
   with 412 when the key exists, atomically, so two racing writers get exactly one winner;
-- keys are checked with `shared.paths.check_key`; a missing key is `NotFoundError`.
+- keys are checked with `shared.paths.check_key`; a missing key is `NotFoundError`;
+- with `expected_owner` (the account id) every request carries `ExpectedBucketOwner`: S3 refuses
+  it (403) when the bucket belongs to another account, so a bucket squatted under the stack's
+  name by someone else never receives an upload nor serves a download.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from shared.backends.aws_errors import aws_errors, error_code, generator_aws_errors, http_status, missing_message
+from shared.backends.locations import parse_location
 from shared.errors import NotFoundError, ResourceMissingError, RetryableError
 from shared.paths import check_key
 from shared.ports import ObjectInfo
@@ -41,13 +45,20 @@ class S3ArtifactStore:
     _kind = "S3 bucket"
 
     def __init__(
-        self, s3_client: Any, bucket: str, prefix: str = "", transfer_config: TransferConfig | None = None
+        self,
+        s3_client: Any,
+        bucket: str,
+        prefix: str = "",
+        transfer_config: TransferConfig | None = None,
+        expected_owner: str | None = None,
     ) -> None:
         self.client = s3_client
         self.bucket = bucket
         stripped = prefix.strip("/")
         self.prefix = f"{check_key(stripped)}/" if stripped else ""
         self.transfer_config = transfer_config or DEFAULT_TRANSFER
+        self.expected_owner = expected_owner
+        self._owner: dict[str, str] = {"ExpectedBucketOwner": expected_owner} if expected_owner else {}
         self.page_size: int | None = None  # ListObjectsV2 MaxKeys (None: S3's 1,000)
         self._name = bucket
         self._region = None  # bucket names are global
@@ -59,7 +70,9 @@ class S3ArtifactStore:
     def put_file(self, local_path: Path, key: str) -> str:
         full = self._key(key)
         try:
-            self.client.upload_file(str(local_path), self.bucket, full, Config=self.transfer_config)
+            self.client.upload_file(
+                str(local_path), self.bucket, full, Config=self.transfer_config, ExtraArgs=self._owner or None
+            )
         except S3UploadFailedError as exc:
             cause = exc.__cause__ or exc.__context__
             if isinstance(cause, ClientError):
@@ -73,11 +86,11 @@ class S3ArtifactStore:
     def put_bytes(self, key: str, data: bytes, if_absent: bool = False) -> bool:
         full = self._key(key)
         if not if_absent:
-            self.client.put_object(Bucket=self.bucket, Key=full, Body=data)
+            self.client.put_object(Bucket=self.bucket, Key=full, Body=data, **self._owner)
             return True
         for attempt in range(CONDITIONAL_ATTEMPTS):
             try:
-                self.client.put_object(Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*")
+                self.client.put_object(Bucket=self.bucket, Key=full, Body=data, IfNoneMatch="*", **self._owner)
                 return True
             except ClientError as exc:
                 code = error_code(exc)
@@ -99,7 +112,9 @@ class S3ArtifactStore:
         temp = Path(name)
         try:
             try:
-                self.client.download_file(self.bucket, full, str(temp), Config=self.transfer_config)
+                self.client.download_file(
+                    self.bucket, full, str(temp), Config=self.transfer_config, ExtraArgs=self._owner or None
+                )
             except ClientError as exc:
                 if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                     self._raise_missing(key)
@@ -111,7 +126,7 @@ class S3ArtifactStore:
     @aws_errors
     def get_bytes(self, key: str) -> bytes:
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **self._owner)
         except ClientError as exc:
             if error_code(exc) in ("NoSuchKey", "404"):
                 raise NotFoundError(f"no artifact {key!r} in {self.uri('')}") from None
@@ -121,7 +136,7 @@ class S3ArtifactStore:
     @aws_errors
     def exists(self, key: str) -> bool:
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key), **self._owner)
         except ClientError as exc:
             if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return False
@@ -135,21 +150,27 @@ class S3ArtifactStore:
         paginator = self.client.get_paginator("list_objects_v2")
         # S3 lists keys in UTF-8 byte order, which is Python's str order: key order as promised
         pages = {"PageSize": self.page_size} if self.page_size else {}
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix, PaginationConfig=pages):
+        listing = paginator.paginate(
+            Bucket=self.bucket, Prefix=self.prefix + prefix, PaginationConfig=pages, **self._owner
+        )
+        for page in listing:
             for obj in page.get("Contents", []):
                 yield ObjectInfo(obj["Key"][len(self.prefix) :], int(obj["Size"]))
 
     @aws_errors
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key), **self._owner)
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self.prefix}{check_key(key) if key else ''}"
 
+    def key_for(self, location: str) -> str:
+        return parse_location(location, self.bucket, self.prefix)
+
     def _raise_missing(self, key: str) -> None:
         """A HEAD's 404 does not say whether the key or the bucket is missing: ask."""
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            self.client.head_bucket(Bucket=self.bucket, **self._owner)
         except ClientError as exc:
             if error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
                 raise ResourceMissingError(missing_message(self._kind, self.bucket, None)) from None

@@ -1,15 +1,16 @@
 """`SqsJobQueue`: the JobQueue port on Amazon SQS (standard queue + dead-letter queue).
 
-- `send` streams its bodies in `SendMessageBatch` calls of 10 (and at most 256 KiB), retrying
-  the entries SQS reports as failed; N bodies cost ceil(N/10) calls.
+- `send` checks every body's size first (nothing is sent if one is too large), then sends them in
+  `SendMessageBatch` calls of 10 (and at most 256 KiB), retrying the entries SQS reports as
+  failed; N bodies cost ceil(N/10) calls.
 - `receive` long-polls (`WaitTimeSeconds`, an integer up to 20; longer waits loop) with the
   adapter's visibility timeout, and reads `ApproximateReceiveCount`.
 - `delete` uses `DeleteMessageBatch` in 10s; an unknown or stale receipt is ignored.
 - `extend` / `release` are `ChangeMessageVisibility`; a stale receipt -> False / no-op.
 - The dead-letter queue is the main queue's `RedrivePolicy` target (`maxReceiveCount` = the
   configured `max_receives`): SQS itself moves a message there on the receive after the last
-  allowed one. `dead_letter` moves one at once (send to the DLQ with the reason as a message
-  attribute, then delete from the queue).
+  allowed one. `dead_letter` moves one at once: check the receipt (by keeping the message hidden),
+  send it to the DLQ with the reason as a message attribute, then delete it from the queue.
 
 Stale receipts: real SQS refuses `ChangeMessageVisibility` with a receipt that a later receive
 superseded (`InvalidParameterValue` / `MessageNotInflight` / `ReceiptHandleIsInvalid`); some
@@ -32,8 +33,8 @@ from botocore.exceptions import ClientError
 
 from shared.backends.aws_errors import aws_errors, error_code
 from shared.backends.batching import backoff, bounded_batches
+from shared.backends.checks import checked_bodies
 from shared.errors import BadInputError, RetryableError
-from shared.jobs import MAX_MESSAGE_BYTES
 from shared.ports import Delivery, QueueCounts
 
 BATCH = 10  # SQS's limit on entries per batch call
@@ -87,7 +88,7 @@ class SqsJobQueue:
     def send(self, bodies: Iterable[str], delay_s: int = 0) -> int:
         delay = _seconds(delay_s, MAX_DELAY_S)
         sent = 0
-        for batch in _batches(bodies):
+        for batch in _batches(checked_bodies(bodies)):
             self._send_batch(batch, delay)
             sent += len(batch)
         return sent
@@ -206,8 +207,11 @@ class SqsJobQueue:
 
     @aws_errors
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        if self._superseded(delivery.receipt):
-            return  # someone else holds the message now; it is theirs to judge
+        # A receipt that SQS no longer accepts (someone else holds the message now, or it is gone)
+        # is ignored: the message is theirs to judge. Keeping it hidden meanwhile proves the receipt.
+        hidden_s = _seconds(self.visibility_timeout_s, MAX_VISIBILITY_S)
+        if self._superseded(delivery.receipt) or not self._change_visibility(delivery.receipt, hidden_s):
+            return
         self.client.send_message(
             QueueUrl=self.dlq_url,
             MessageBody=delivery.body,
@@ -248,8 +252,10 @@ class SqsJobQueue:
 
     @aws_errors
     def dead_letter_reasons(self, limit: int = 100) -> list[tuple[str, str]]:
-        """(body, reason) of the dead letters, oldest first; "max receives exceeded" for those that
-        SQS's redrive moved there."""
+        """(body, reason) of the dead letters, oldest first.
+
+        The reason is "max receives exceeded" for the messages that SQS's redrive moved there.
+        """
         return [
             (
                 message["Body"],
@@ -264,7 +270,8 @@ class SqsJobQueue:
         """The DLQ's messages without removing them, oldest first (by SentTimestamp).
 
         SQS has no peek: receive them (each hidden for a few seconds, so that the next page shows
-        others), then make them all visible again at once."""
+        others), then make them all visible again at once.
+        """
         total = sum(self._attributes(self.dlq_url)[name] for name in (
             "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"))
         if total == 0 or limit <= 0:
@@ -306,14 +313,11 @@ class SqsJobQueue:
 
 def _batches(bodies: Iterable[str]) -> Iterator[list[str]]:
     """Stream bodies into SendMessageBatch-sized lists (10 entries, 256 KiB in all)."""
-    return bounded_batches(bodies, BATCH, MAX_BATCH_BYTES, _checked_size)
+    return bounded_batches(bodies, BATCH, MAX_BATCH_BYTES, _size)
 
 
-def _checked_size(body: str) -> int:
-    length = len(body.encode())
-    if length > MAX_MESSAGE_BYTES:
-        raise BadInputError(f"message body of {length} bytes exceeds SQS's limit of {MAX_MESSAGE_BYTES}")
-    return length
+def _size(body: str) -> int:
+    return len(body.encode())
 
 
 def redrive_policy(dlq_arn: str, max_receives: int) -> str:

@@ -10,7 +10,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def bounded_batches(items: Iterable[T], max_count: int, max_bytes: int, size_of: Callable[[T], int]) -> Iterator[list[T]]:
+def bounded_batches(
+    items: Iterable[T], max_count: int, max_bytes: int, size_of: Callable[[T], int]
+) -> Iterator[list[T]]:
     """Stream `items` into lists of at most `max_count` items and `max_bytes` in all."""
     batch: list[T] = []
     size = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import tempfile
 import time
 import uuid
@@ -17,6 +18,18 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from shared.backends.checks import (
+    HOLDER_FORBIDDEN,
+    RESET_FORBIDDEN,
+    checked_bodies,
+    finish_status,
+    job_changes,
+    read_job,
+    read_record,
+    read_study,
+    readable,
+)
+from shared.backends.locations import parse_location
 from shared.backends.sqlite import SqliteDatabase
 from shared.errors import LeaseLostError, NotFoundError
 from shared.jobs import EpochRecord, JobRecord, StudyRecord
@@ -38,6 +51,7 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (dead, visible_at);
 CREATE UNIQUE INDEX IF NOT EXISTS messages_receipt ON messages (receipt);
 """
+MAX_RECEIVE = 10  # deliveries per receive, as on SQS
 
 
 class SqliteJobQueue:
@@ -50,15 +64,16 @@ class SqliteJobQueue:
 
     def send(self, bodies: Iterable[str], delay_s: int = 0) -> int:
         visible_at = time.time() + delay_s
-        rows = [(uuid.uuid4().hex, body, visible_at) for body in bodies]
+        rows = [(uuid.uuid4().hex, body, visible_at) for body in checked_bodies(bodies)]
         with self.db.write() as conn:
             conn.executemany("INSERT INTO messages (message_id, body, visible_at) VALUES (?, ?, ?)", rows)
         return len(rows)
 
     def receive(self, max_messages: int = 1, wait_s: float = 0.0) -> list[Delivery]:
+        count = max(1, min(MAX_RECEIVE, max_messages))
         deadline = time.monotonic() + wait_s
         while True:
-            deliveries = self._receive_now(max_messages)
+            deliveries = self._receive_now(count)
             if deliveries or time.monotonic() >= deadline:
                 return deliveries
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
@@ -108,15 +123,16 @@ class SqliteJobQueue:
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         with self.db.write() as conn:
             conn.execute(
-                "UPDATE messages SET dead = 1, reason = ?, receipt = NULL WHERE receipt = ?",
+                "UPDATE messages SET dead = 1, reason = ?, receipt = NULL WHERE receipt = ? AND dead = 0",
                 (reason[:1000], delivery.receipt),
             )
 
     def counts(self) -> QueueCounts:
+        now = time.time()
         row = self.db.read(
             "SELECT SUM(dead = 0 AND visible_at <= ?) AS visible, SUM(dead = 0 AND visible_at > ?) AS in_flight,"
             " SUM(dead = 1) AS dead FROM messages",
-            (time.time(), time.time()),
+            (now, now),
         )[0]
         return QueueCounts(row["visible"] or 0, row["in_flight"] or 0, row["dead"] or 0)
 
@@ -148,10 +164,16 @@ CREATE TABLE IF NOT EXISTS epochs (
     PRIMARY KEY (study_id, job_id, epoch)
 );
 """
+JOB_COLUMNS = "study_id, job_id, doc"
 
 
 class SqliteJobStore:
-    """A JobStore in SQLite (see `shared.ports.JobStore` for the contract)."""
+    """A JobStore in SQLite (see `shared.ports.JobStore` for the contract).
+
+    Each record is a JSON document (`doc`) beside the columns it is looked up by. A transition
+    reads, checks and rewrites the document inside one write transaction, so it is atomic
+    across worker processes; the record is validated when read (`shared.backends.checks`).
+    """
 
     def __init__(self, path: Path) -> None:
         self.db = SqliteDatabase(path, STORE_SCHEMA)
@@ -167,26 +189,26 @@ class SqliteJobStore:
         return cursor.rowcount == 1
 
     def get_study(self, study_id: str) -> StudyRecord | None:
-        rows = self.db.read("SELECT doc FROM studies WHERE study_id = ?", (study_id,))
-        return StudyRecord.model_validate_json(rows[0]["doc"]) if rows else None
+        rows = self.db.read("SELECT study_id, doc FROM studies WHERE study_id = ?", (study_id,))
+        return _study(rows[0]) if rows else None
 
     def list_studies(self) -> list[StudyRecord]:
-        rows = self.db.read("SELECT doc FROM studies ORDER BY created_at DESC, study_id")
-        return [StudyRecord.model_validate_json(row["doc"]) for row in rows]
+        rows = self.db.read("SELECT study_id, doc FROM studies ORDER BY created_at DESC, study_id")
+        return readable(rows, _study)
 
     def mark_stage(self, study_id: str, stage: str) -> bool:
         with self.db.write() as conn:
-            row = conn.execute("SELECT doc FROM studies WHERE study_id = ?", (study_id,)).fetchone()
+            row = conn.execute("SELECT study_id, doc FROM studies WHERE study_id = ?", (study_id,)).fetchone()
             if row is None:
                 raise NotFoundError(f"unknown study {study_id}")
-            study = StudyRecord.model_validate_json(row["doc"])
+            study = _study(row)
             if stage in study.stages:
                 return False
             study.stages.append(stage)
             conn.execute("UPDATE studies SET doc = ? WHERE study_id = ?", (study.model_dump_json(), study_id))
         return True
 
-    # --- jobs ---
+    # --- jobs: creation and reads ---
 
     def create_jobs(self, records: Iterable[JobRecord]) -> list[str]:
         created = []
@@ -201,21 +223,24 @@ class SqliteJobStore:
         return created
 
     def get_job(self, study_id: str, job_id: str) -> JobRecord | None:
-        rows = self.db.read("SELECT doc FROM jobs WHERE study_id = ? AND job_id = ?", (study_id, job_id))
-        return JobRecord.model_validate_json(rows[0]["doc"]) if rows else None
+        rows = self.db.read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE study_id = ? AND job_id = ?", (study_id, job_id))
+        return _job(rows[0]) if rows else None
 
     def find_job(self, job_id: str) -> JobRecord | None:
-        rows = self.db.read("SELECT doc FROM jobs WHERE job_id = ?", (job_id,))
-        return JobRecord.model_validate_json(rows[0]["doc"]) if rows else None
+        rows = self.db.read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = ? LIMIT 1", (job_id,))
+        return _job(rows[0]) if rows else None
 
     def list_jobs(self, study_id: str, status: JobStatus | None = None) -> list[JobRecord]:
         if status is None:
-            rows = self.db.read("SELECT doc FROM jobs WHERE study_id = ? ORDER BY job_id", (study_id,))
+            rows = self.db.read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE study_id = ? ORDER BY job_id", (study_id,))
         else:
             rows = self.db.read(
-                "SELECT doc FROM jobs WHERE study_id = ? AND status = ? ORDER BY job_id", (study_id, status.value)
+                f"SELECT {JOB_COLUMNS} FROM jobs WHERE study_id = ? AND status = ? ORDER BY job_id",
+                (study_id, JobStatus(status).value),
             )
-        return [JobRecord.model_validate_json(row["doc"]) for row in rows]
+        return readable(rows, _job)
+
+    # --- jobs: transitions ---
 
     def claim(self, study_id: str, job_id: str, owner: str, lease_s: float, now: float) -> JobRecord | None:
         with self.db.write() as conn:
@@ -242,22 +267,29 @@ class SqliteJobStore:
         return self._fenced(study_id, job_id, attempt, {"lease_expires_at": now + lease_s, "heartbeat_at": now})
 
     def update(self, study_id: str, job_id: str, attempt: int, changes: dict[str, Any]) -> None:
-        self._fenced(study_id, job_id, attempt, changes)
+        self._fenced(study_id, job_id, attempt, job_changes(changes, HOLDER_FORBIDDEN))
 
     def finish(
         self, study_id: str, job_id: str, attempt: int, status: JobStatus, changes: dict[str, Any]
     ) -> JobRecord:
-        lease = {"lease_owner": None, "lease_expires_at": None}
-        return self._fenced(study_id, job_id, attempt, {**changes, **lease, "status": status})
+        fields = {
+            **job_changes(changes, HOLDER_FORBIDDEN),
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "status": finish_status(status),
+        }
+        return self._fenced(study_id, job_id, attempt, fields)
 
     def reset(
         self, study_id: str, job_id: str, from_statuses: Sequence[JobStatus], to: JobStatus, changes: dict[str, Any]
     ) -> bool:
+        to = JobStatus(to)
+        fields = {**job_changes(changes, RESET_FORBIDDEN), "status": to}
         with self.db.write() as conn:
             record = self._load(conn, study_id, job_id)
             if record.status not in from_statuses or not record.status.can_become(to):
                 return False
-            self._save(conn, _changed(record, {**changes, "status": to}))
+            self._save(conn, _changed(record, fields))
         return True
 
     def request_cancel(self, study_id: str, job_id: str) -> bool:
@@ -267,6 +299,8 @@ class SqliteJobStore:
                 return False
             self._save(conn, _changed(record, {"cancel_requested": True}))
         return True
+
+    # --- epochs ---
 
     def put_epoch(self, record: EpochRecord) -> None:
         with self.db.write() as conn:
@@ -278,17 +312,19 @@ class SqliteJobStore:
 
     def epochs(self, study_id: str, job_id: str) -> list[EpochRecord]:
         rows = self.db.read(
-            "SELECT doc FROM epochs WHERE study_id = ? AND job_id = ? ORDER BY epoch", (study_id, job_id)
+            "SELECT epoch, doc FROM epochs WHERE study_id = ? AND job_id = ? ORDER BY epoch", (study_id, job_id)
         )
-        return [EpochRecord.model_validate_json(row["doc"]) for row in rows]
+        what = f"job {job_id} of study {study_id}"
+        return readable(rows, lambda row: read_record(EpochRecord, row["doc"], f"epoch {row['epoch']} of {what}"))
 
     # --- helpers ---
 
-    def _fenced(self, study_id: str, job_id: str, attempt: int, changes: dict[str, Any]) -> JobRecord:
+    def _fenced(self, study_id: str, job_id: str, attempt: int, fields: dict[str, Any]) -> JobRecord:
+        """Apply checked `fields` for the holder of `attempt`: LeaseLostError for anyone else."""
         with self.db.write() as conn:
             record = self._load(conn, study_id, job_id)
             self._check_fence(record, attempt)
-            record = _changed(record, changes)
+            record = _changed(record, fields)
             self._save(conn, record)
         return record
 
@@ -301,23 +337,33 @@ class SqliteJobStore:
             )
 
     @staticmethod
-    def _load(conn: Any, study_id: str, job_id: str) -> JobRecord:
-        row = conn.execute("SELECT doc FROM jobs WHERE study_id = ? AND job_id = ?", (study_id, job_id)).fetchone()
+    def _load(conn: sqlite3.Connection, study_id: str, job_id: str) -> JobRecord:
+        row = conn.execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE study_id = ? AND job_id = ?", (study_id, job_id)
+        ).fetchone()
         if row is None:
             raise NotFoundError(f"unknown job {job_id} in study {study_id}")
-        return JobRecord.model_validate_json(row["doc"])
+        return _job(row)
 
     @staticmethod
-    def _save(conn: Any, record: JobRecord) -> None:
+    def _save(conn: sqlite3.Connection, record: JobRecord) -> None:
         conn.execute(
             "UPDATE jobs SET status = ?, doc = ? WHERE study_id = ? AND job_id = ?",
             (record.status.value, record.model_dump_json(), record.study_id, record.job_id),
         )
 
 
-def _changed(record: JobRecord, changes: dict[str, Any]) -> JobRecord:
-    """A copy of `record` with `changes` applied and validated (a bad field fails loudly here)."""
-    return JobRecord.model_validate({**record.model_dump(), **changes})
+def _job(row: sqlite3.Row) -> JobRecord:
+    return read_job(row["doc"], row["study_id"], row["job_id"])
+
+
+def _study(row: sqlite3.Row) -> StudyRecord:
+    return read_study(row["doc"], row["study_id"])
+
+
+def _changed(record: JobRecord, fields: dict[str, Any]) -> JobRecord:
+    """A copy of `record` with `fields` (already checked by the caller) applied."""
+    return JobRecord.model_validate({**record.model_dump(), **fields})
 
 
 class LocalArtifactStore:
@@ -376,6 +422,10 @@ class LocalArtifactStore:
 
     def uri(self, key: str) -> str:
         return str(self.root / check_key(key))
+
+    def key_for(self, location: str) -> str:
+        # a directory has no bucket: an s3:// location is one this store cannot reach
+        return parse_location(location)
 
     def _existing(self, key: str) -> Path:
         path = safe_join(self.root, key)

@@ -1,6 +1,8 @@
-"""SQLite plumbing shared by the embedded queue and store: one connection per thread, WAL, and
-write transactions that take the database lock up front so read-modify-write is atomic across
-worker processes."""
+"""SQLite plumbing shared by the embedded queue and store.
+
+One connection per thread, WAL, and write transactions that take the database lock up front, so
+that a read-modify-write is atomic across worker processes.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ BUSY_TIMEOUT_MS = 30_000
 
 
 class SqliteDatabase:
+    """One SQLite file with its schema: per-thread connections, reads, and locked write transactions."""
+
     def __init__(self, path: Path, schema: str) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,7 +49,7 @@ class SqliteDatabase:
             raise
         conn.execute("COMMIT")
 
-    def read(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+    def read(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
         return self.connection().execute(sql, params).fetchall()
 
     @staticmethod

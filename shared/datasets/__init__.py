@@ -1,10 +1,11 @@
 """Datasets: draw a synthetic one, prepare a folder of class-named image folders into a
 train/test split with a manifest, upload it to the artifact store, and sync it into a worker's
-local cache. Pure functions over paths and an `ArtifactStore`; the CLIs are thin wrappers.
+local cache; check an image from its header before anything decodes it. Pure functions over paths and an `ArtifactStore`; the CLIs are thin wrappers.
 Only numpy and pillow (no TensorFlow): `shared/` stays light.
 """
 
-from shared.datasets.prepare import IMAGE_EXTENSIONS, find_problems, load_manifest, prepare, verify
+from shared.datasets.images import DEFAULT_MAX_PIXELS, check_image, set_pixel_limit
+from shared.datasets.prepare import IMAGE_EXTENSIONS, check_contained, find_problems, load_manifest, prepare, verify
 from shared.datasets.sync import (
     SyncReport,
     UploadReport,
@@ -18,9 +19,12 @@ from shared.datasets.sync import (
 from shared.datasets.synth import flower_types, synthesize
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "SyncReport",
     "UploadReport",
+    "check_contained",
+    "check_image",
     "clean_prefix",
     "fetch_manifest",
     "find_problems",
@@ -28,6 +32,7 @@ __all__ = [
     "load_manifest",
     "prepare",
     "resolve_dataset",
+    "set_pixel_limit",
     "store_prefix",
     "sync",
     "synthesize",

@@ -3,21 +3,39 @@ manifest, load a manifest back, verify a directory against it.
 
 A directory is a prepared dataset exactly when it holds `manifest.json`: `prepare` writes it
 last and atomically, so an interrupted prepare never looks like a dataset.
+
+The source is someone's folder, perhaps unpacked from an archive: every check happens before
+anything is written. Symbolic links are refused (`_files.refuse_link` says why), and so is an
+image that is not a JPEG, PNG, GIF or BMP by content or that claims more pixels than the limit
+(`images.check_image`), each with one line naming the file.
 """
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from shared.datasets._files import Progress, is_hidden, link_or_copy, report, sha256_file, write_atomic
+from shared.datasets._files import (
+    Progress,
+    is_hidden,
+    link_or_copy,
+    refuse_link,
+    refuse_links_below,
+    report,
+    sha256_file,
+    write_atomic,
+)
+from shared.datasets.images import check_image
 from shared.errors import BadInputError
 from shared.manifest import MANIFEST_NAME, Manifest, ManifestFile
 from shared.paths import check_key, safe_join
 
+# Files with these names are the dataset's images; each must then be a JPEG, PNG, GIF or BMP by
+# content (a .webp or .tiff is refused by name rather than silently left out).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
@@ -38,15 +56,20 @@ def prepare(
     seed: int = 0,
     name: str | None = None,
     progress: Progress | None = None,
+    max_pixels: int | None = None,
 ) -> Manifest:
     """Split `src` (one folder per class) into out/train/<class>/ and out/test/<class>/ with a
     stratified, seeded holdout, and write out/manifest.json last.
 
     Re-running on an `out` that already holds a prepare of the same content returns its manifest.
+    Refuses (BadInputError, nothing written) symbolic links and images that are not JPEG, PNG,
+    GIF or BMP or claim more than `max_pixels` (default: `images.pixel_limit()`).
     """
     src, out = Path(src), Path(out)
     _check_prepare_args(src, out, test_fraction)
     plan = plan_split(src, test_fraction, seed)
+    for planned in plan:
+        check_image(planned.source, max_pixels)
     classes = sorted({planned.label for planned in plan})
     dataset_name = name or src.resolve().name
     if out.exists() and any(out.iterdir()):
@@ -86,6 +109,7 @@ def plan_split(src: Path, test_fraction: float, seed: int) -> list[PlannedFile]:
         raise BadInputError(f"source {src}: no class folders (expected {src}/<class>/<image>)")
     plan = []
     for class_dir in class_dirs:
+        refuse_link(class_dir)
         images = _images_in(class_dir)
         # a string seed goes through SHA-512 in `random`: the same split on every run and platform
         test = set(random.Random(f"{seed}:{class_dir.name}").sample(images, _test_count(len(images), test_fraction)))
@@ -97,10 +121,20 @@ def plan_split(src: Path, test_fraction: float, seed: int) -> list[PlannedFile]:
 
 
 def _images_in(class_dir: Path) -> list[Path]:
-    images = sorted(
-        p for p in class_dir.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not is_hidden(p, class_dir)
-    )
+    """The images below `class_dir`, sorted; a symbolic link to a folder or an image is refused
+    (the walk follows none: a link is never entered, so nothing outside the source is read)."""
+    images = []
+    for folder, subfolders, names in os.walk(class_dir, followlinks=False):
+        here = Path(folder)
+        subfolders[:] = [name for name in subfolders if not is_hidden(here / name, class_dir)]
+        for name in subfolders:
+            refuse_link(here / name)
+        for path in (here / name for name in names):
+            if path.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(path, class_dir):
+                refuse_link(path)
+                if path.is_file():  # not a FIFO or a device: reading one could hang
+                    images.append(path)
+    images.sort()
     if not images:
         extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
         raise BadInputError(f"class folder {class_dir}: no images ({extensions})")
@@ -177,6 +211,13 @@ def load_manifest(dataset_dir: Path) -> Manifest:
     if not path.is_file():
         raise BadInputError(f"dataset {dataset_dir}: no {MANIFEST_NAME} (not a prepared dataset: run `submit dataset prepare`)")
     return parse_manifest(path.read_bytes(), str(path))
+
+
+def check_contained(dataset_dir: Path, manifest: Manifest) -> None:
+    """Every file `manifest` lists lies in `dataset_dir` itself: no symbolic link on its way
+    (BadInputError naming the first), so an upload never sends what a link leads to."""
+    for file in manifest.files:
+        refuse_links_below(Path(dataset_dir), file.path)
 
 
 def find_problems(dataset_dir: Path, manifest: Manifest, progress: Progress | None = None) -> list[str]:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.datasets._files import Progress, link_or_copy, report, sha256_file, write_atomic
-from shared.datasets.prepare import load_manifest, parse_manifest, write_manifest
+from shared.datasets.prepare import check_contained, load_manifest, parse_manifest, write_manifest
 from shared.errors import BadInputError, NotFoundError, PermanentError
 from shared.manifest import MANIFEST_NAME, Manifest, ManifestFile
 from shared.paths import check_key, safe_join
@@ -72,6 +72,7 @@ def upload(
     started = time.monotonic()
     dataset_dir, prefix = Path(dataset_dir), clean_prefix(prefix)
     manifest = load_manifest(dataset_dir)
+    check_contained(dataset_dir, manifest)  # before anything is sent: a link never leaves the machine
     remote_sha256 = _remote_checksums(artifacts, prefix)
     remote_sizes = {info.key: info.size for info in artifacts.list(f"{prefix}/")}
     todo = [
@@ -318,25 +319,28 @@ def clean_prefix(prefix: str) -> str:
     return check_key(cleaned)
 
 
-def store_prefix(uri: str, artifacts: ArtifactStore) -> str:
-    """The artifact-store key prefix of `artifacts:<prefix>`, or of `s3://bucket/key`: the bucket
-    must be the store's (`artifacts.bucket`), and a store rooted below the bucket (`artifacts.prefix`,
-    as S3ArtifactStore has) only reaches keys under its root."""
-    if uri.startswith("artifacts:"):
-        return clean_prefix(uri.removeprefix("artifacts:"))
-    if not uri.startswith("s3://"):
-        raise BadInputError(f"dataset {uri}: expected s3://bucket/prefix or artifacts:<prefix>")
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    store_bucket = getattr(artifacts, "bucket", None)
-    if store_bucket is None:
-        raise BadInputError(f"dataset {uri}: the artifact store is not S3 (local backend): use artifacts:<prefix>")
-    if bucket != store_bucket:
-        raise BadInputError(f"dataset {uri}: bucket {bucket!r} is not the artifact store's bucket {store_bucket!r}")
-    root = getattr(artifacts, "prefix", "")
-    root = root if isinstance(root, str) else ""
-    if not key.startswith(root):
-        raise BadInputError(f"dataset {uri}: outside the artifact store's root s3://{bucket}/{root}")
-    return clean_prefix(key.removeprefix(root))
+def is_store_location(dataset: str) -> bool:
+    """Whether a study's `dataset` names an artifact-store prefix rather than a local directory."""
+    return dataset.startswith(("s3://", "artifacts:"))
+
+
+def store_prefix(location: str, artifacts: ArtifactStore) -> str:
+    """The artifact-store key prefix of a dataset location (`artifacts:<prefix>`, a bare prefix, or
+    `s3://bucket/<root>/<prefix>`), by the store's one parser `ArtifactStore.key_for`: another
+    bucket, an s3:// location on the embedded backend, or a prefix outside the store's root is
+    BadInputError. Trailing slashes are dropped (`s3://bucket/datasets/flowers/` is a prefix)."""
+    stripped = location.rstrip("/")
+    if stripped in ("", "artifacts:") or stripped.endswith("://"):
+        raise BadInputError(f"dataset {location}: the dataset prefix must not be empty")
+    return clean_prefix(artifacts.key_for(stripped))
+
+
+def dataset_classes(dataset: str, artifacts: ArtifactStore) -> list[str]:
+    """The class names (index = label) of a study's dataset, from its manifest alone (no image is
+    fetched): the manifest under a store location, or in a prepared directory."""
+    if is_store_location(dataset):
+        return list(fetch_manifest(artifacts, store_prefix(dataset, artifacts)).classes)
+    return list(load_manifest(Path(dataset).expanduser()).classes)
 
 
 def resolve_dataset(
@@ -344,7 +348,7 @@ def resolve_dataset(
 ) -> Path:
     """The local directory of a study's `dataset`: a prepared directory is used in place; an
     `s3://bucket/prefix` or `artifacts:<prefix>` is synced into `cache_dir` first."""
-    if dataset.startswith(("s3://", "artifacts:")):
+    if is_store_location(dataset):
         return sync(artifacts, store_prefix(dataset, artifacts), cache_dir, workers, progress).local_dir
     local = Path(dataset).expanduser()
     if (local / MANIFEST_NAME).is_file():

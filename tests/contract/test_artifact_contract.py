@@ -61,3 +61,45 @@ def test_unsafe_keys_are_refused(artifacts, key):
 
 def test_uri_names_the_object(artifacts):
     assert artifacts.uri("studies/s/x.csv").endswith("studies/s/x.csv")
+
+
+# --- key_for: the one parser from a location to a key ---
+
+
+@pytest.mark.parametrize("key", ["weights/a.weights.h5", "datasets/flowers/manifest.json", "x"])
+def test_key_for_takes_keys_and_artifacts_locations(artifacts, key):
+    assert artifacts.key_for(key) == key
+    assert artifacts.key_for(f"artifacts:{key}") == key
+
+
+def test_key_for_reads_back_a_displayed_s3_uri_and_never_a_local_path(artifacts):
+    displayed = artifacts.uri("studies/s/jobs/j/best.keras")
+    if displayed.startswith("s3://"):
+        assert artifacts.key_for(displayed) == "studies/s/jobs/j/best.keras"
+    else:  # a file path: where a person looks, never what a reader may be sent to
+        with pytest.raises(BadInputError, match="not in the artifact store"):
+            artifacts.key_for(displayed)
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "/etc/passwd",
+        "~/.aws/credentials",
+        "\\\\server\\share\\x",
+        "C:\\Users\\x",
+        "../escape.txt",
+        "a/../../b",
+        "artifacts:../x",
+        "artifacts:/etc/passwd",
+        "artifacts:",
+        "s3://someone-elses-bucket/weights/a.weights.h5",
+        "file:///etc/passwd",
+        "https://example.com/a.weights.h5",
+        "",
+    ],
+)
+def test_key_for_refuses_what_the_store_cannot_reach_naming_it(artifacts, location):
+    with pytest.raises(BadInputError) as caught:
+        artifacts.key_for(location)
+    assert repr(location) in str(caught.value) and "\n" not in str(caught.value)

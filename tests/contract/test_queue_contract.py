@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
+from shared.errors import BadInputError
+from shared.jobs import MAX_MESSAGE_BYTES
+from shared.ports import Delivery
 from tests.contract.conftest import LEASE_S, MAX_RECEIVES
 
 
@@ -93,3 +98,37 @@ def test_dead_letter_moves_message_aside_at_once(queue):
     queue.dead_letter(bad, "invalid JSON")
     assert queue.dead_letters() == ["not json"]
     assert queue.counts().dead == 1
+
+
+def test_an_oversized_body_is_refused_and_nothing_is_sent(queue):
+    bodies = ["fine", "x" * (MAX_MESSAGE_BYTES + 1), "also fine"]
+    with pytest.raises(BadInputError, match=r"^bodies\[1\]: message body of 262145 bytes") as raised:
+        queue.send(bodies)
+    assert raised.value.path == "bodies[1]"
+    assert queue.receive(max_messages=10, wait_s=0.5) == []
+    assert queue.counts().backlog == 0
+
+
+def test_receive_returns_at_most_ten(queue):
+    assert queue.send([f"m{i}" for i in range(12)]) == 12
+    deliveries = queue.receive(max_messages=25, wait_s=2)
+    assert 1 <= len(deliveries) <= 10
+    assert len(queue.receive(max_messages=0, wait_s=2)) == 1  # clamped up to one
+
+
+def test_unknown_and_superseded_receipts_are_ignored(queue):
+    queue.send(["held"])
+    first = receive_one(queue)
+    queue.release(first.receipt)
+    current = receive_one(queue, wait_s=2)  # received again: `first` is superseded
+    for receipt in ("unknown-receipt", first.receipt):
+        queue.delete([receipt])
+        queue.release(receipt)
+        assert queue.extend(receipt, LEASE_S * 3) is False
+    queue.dead_letter(first, "a superseded delivery")
+    queue.dead_letter(Delivery("unknown", "held", "unknown-receipt", 1), "an unknown delivery")
+    assert queue.receive(max_messages=1, wait_s=0) == []  # still in flight with `current`
+    assert queue.dead_letters() == []
+    assert queue.extend(current.receipt, LEASE_S) is True
+    queue.delete([current.receipt])
+    assert queue.counts().backlog == 0

@@ -1,14 +1,20 @@
-"""The JobStore contract (shared.ports.JobStore), for every adapter."""
+"""The JobStore contract (shared.ports.JobStore), for every adapter.
+
+Every error a method's docstring names is made to happen here, on every adapter: unknown jobs,
+lost leases, refused field changes, and corrupt rows written past the port (`raw_rows`).
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
 
-from shared.errors import LeaseLostError, NotFoundError
+from shared.errors import BadInputError, CorruptRecordError, LeaseLostError, NotFoundError
 from shared.jobs import EpochRecord, Metrics
 from shared.status import JobStatus
+from tests.contract.raw_rows import put_epoch_row, put_job_row, put_study_row
 from tests.factories import job_record, study_record
 
 LEASE = 30.0
@@ -152,8 +158,192 @@ def test_epochs_are_upserted_and_fenced(store):
         store.put_epoch(epoch(3, 0.9, claimed.attempt + 5))
 
 
-def test_unknown_job_raises_not_found(store):
-    with pytest.raises(NotFoundError):
-        store.claim("s-1", "nope", "w1", LEASE, time.time())
-    assert store.get_job("s-1", "nope") is None
-    assert store.find_job("nope") is None
+def running_job(store, now: float | None = None):
+    """A created and claimed job: (record as created, record as claimed)."""
+    job = job_record()
+    store.create_jobs([job])
+    return job, store.claim("s-1", job.job_id, "w1", LEASE, time.time() if now is None else now)
+
+
+def test_create_jobs_keeps_the_first_of_duplicate_ids(store):
+    first, second = job_record(), job_record(error="second")
+    assert store.create_jobs([first, second]) == [first.job_id]
+    assert store.get_job("s-1", first.job_id).error is None
+
+
+# --- NotFoundError ---
+
+
+def test_every_method_that_names_a_job_raises_not_found_for_an_unknown_one(store):
+    epoch = EpochRecord(study_id="s-1", job_id="nope", epoch=1, attempt=1, metrics={"loss": 1.0})
+    calls = {
+        "claim": lambda: store.claim("s-1", "nope", "w1", LEASE, time.time()),
+        "renew": lambda: store.renew("s-1", "nope", 1, LEASE, time.time()),
+        "update": lambda: store.update("s-1", "nope", 1, {"epochs_run": 1}),
+        "finish": lambda: store.finish("s-1", "nope", 1, JobStatus.SUCCEEDED, {}),
+        "reset": lambda: store.reset("s-1", "nope", [JobStatus.FAILED], JobStatus.QUEUED, {}),
+        "reset to nowhere": lambda: store.reset("s-1", "nope", [JobStatus.SUCCEEDED], JobStatus.QUEUED, {}),
+        "request_cancel": lambda: store.request_cancel("s-1", "nope"),
+        "put_epoch": lambda: store.put_epoch(epoch),
+        "mark_stage": lambda: store.mark_stage("nope", "finetune"),
+    }
+    for name, call in calls.items():
+        with pytest.raises(NotFoundError, match="nope"):
+            call()
+            pytest.fail(f"{name} did not raise")
+    assert store.get_job("s-1", "nope") is None and store.find_job("nope") is None
+    assert store.get_study("nope") is None and store.list_jobs("nope") == [] and store.epochs("s-1", "nope") == []
+
+
+# --- LeaseLostError ---
+
+
+def test_a_finished_job_fences_out_its_own_holder(store):
+    job, claimed = running_job(store)
+    store.finish("s-1", job.job_id, claimed.attempt, JobStatus.FAILED, {"error": "boom"})
+    epoch = EpochRecord(study_id="s-1", job_id=job.job_id, epoch=1, attempt=claimed.attempt, metrics={"loss": 1.0})
+    for call in (
+        lambda: store.renew("s-1", job.job_id, claimed.attempt, LEASE, time.time()),
+        lambda: store.update("s-1", job.job_id, claimed.attempt, {"epochs_run": 9}),
+        lambda: store.finish("s-1", job.job_id, claimed.attempt, JobStatus.SUCCEEDED, {}),
+        lambda: store.put_epoch(epoch),
+    ):
+        with pytest.raises(LeaseLostError, match=f"attempt {claimed.attempt} is fenced out"):
+            call()
+    final = store.get_job("s-1", job.job_id)
+    assert (final.status, final.epochs_run, final.error) == (JobStatus.FAILED, 0, "boom")
+    assert store.epochs("s-1", job.job_id) == []
+
+
+# --- BadInputError: identity and lease fields never change through update, finish or reset ---
+
+HOLDER_REFUSED = {
+    "study_id": "s-2",
+    "job_id": "other",
+    "spec": job_record(learning_rate=0.5).spec.model_dump(),
+    "status": "SUCCEEDED",
+    "attempt": 7,
+    "lease_owner": "w2",
+    "lease_expires_at": 0.0,
+}
+
+
+@pytest.mark.parametrize("field", sorted(HOLDER_REFUSED))
+def test_update_and_finish_refuse_identity_and_lease_fields_and_change_nothing(store, field):
+    job, claimed = running_job(store)
+    changes = {"epochs_run": 5, field: HOLDER_REFUSED[field]}
+    with pytest.raises(BadInputError, match=f"^changes.{field}: ") as raised:
+        store.update("s-1", job.job_id, claimed.attempt, changes)
+    assert raised.value.path == f"changes.{field}"
+    with pytest.raises(BadInputError, match=f"^changes.{field}: "):
+        store.finish("s-1", job.job_id, claimed.attempt, JobStatus.SUCCEEDED, changes)
+    assert store.get_job("s-1", job.job_id) == claimed  # the allowed field was not written either
+    assert store.find_job(job.job_id) == claimed
+
+
+@pytest.mark.parametrize("field", ["study_id", "job_id", "spec", "status", "attempt"])
+def test_reset_refuses_identity_status_and_attempt_and_changes_nothing(store, field):
+    job, claimed = running_job(store)
+    changes = {"lease_owner": None, field: HOLDER_REFUSED[field]}
+    with pytest.raises(BadInputError, match=f"^changes.{field}: "):
+        store.reset("s-1", job.job_id, [JobStatus.RUNNING], JobStatus.QUEUED, changes)
+    assert store.get_job("s-1", job.job_id) == claimed
+
+
+def test_reset_may_clear_a_lapsed_lease(store):
+    job, claimed = running_job(store, now=1000.0)
+    changes = {"lease_owner": None, "lease_expires_at": None}
+    assert store.reset("s-1", job.job_id, [JobStatus.RUNNING], JobStatus.QUEUED, changes) is True
+    reset = store.get_job("s-1", job.job_id)
+    assert (reset.status, reset.lease_owner, reset.lease_expires_at) == (JobStatus.QUEUED, None, None)
+    assert reset.attempt == claimed.attempt
+
+
+def test_unknown_fields_and_invalid_values_are_refused_before_the_fence(store):
+    job, claimed = running_job(store)
+    stale = claimed.attempt + 1  # a fenced-out writer still hears about its bad input first
+    with pytest.raises(BadInputError, match="^changes.epoch_run: a job record has no such field"):
+        store.update("s-1", job.job_id, stale, {"epoch_run": 3})
+    with pytest.raises(BadInputError, match="^changes.epochs_run: invalid value"):
+        store.update("s-1", job.job_id, claimed.attempt, {"epochs_run": "many"})
+    with pytest.raises(BadInputError, match="^changes.metrics: invalid value"):
+        store.finish("s-1", job.job_id, claimed.attempt, JobStatus.SUCCEEDED, {"metrics": "great"})
+    with pytest.raises(BadInputError, match="^changes.error: invalid value"):
+        store.reset("s-1", job.job_id, [JobStatus.RUNNING], JobStatus.QUEUED, {"error": ["a", "list"]})
+    assert store.get_job("s-1", job.job_id) == claimed
+
+
+@pytest.mark.parametrize("status", [JobStatus.RUNNING, "DONE"])
+def test_finish_refuses_a_status_a_job_cannot_finish_with(store, status):
+    job, claimed = running_job(store)
+    with pytest.raises(BadInputError, match="^status: a job cannot finish as"):
+        store.finish("s-1", job.job_id, claimed.attempt, status, {"epochs_run": 1})
+    assert store.get_job("s-1", job.job_id) == claimed
+
+
+# --- CorruptRecordError: rows that do not validate, read back ---
+
+
+def corrupted(record, **fields) -> dict:
+    """`record` as JSON with `fields` replaced; `spec_image_size` reaches into the spec."""
+    data = record.model_dump(mode="json")
+    if "spec_image_size" in fields:
+        data["spec"]["model"]["image_size"] = fields.pop("spec_image_size")
+    return {**data, **fields}
+
+
+@pytest.mark.parametrize(
+    "fields, path",
+    [({"spec_image_size": 3}, "spec.model.image_size"), ({"epochs_run": "many"}, "epochs_run"),
+     ({"job_id": "someone-else"}, "job_id")],
+)
+def test_a_corrupt_job_raises_naming_its_ids_and_first_bad_field(store, fields, path):
+    job = job_record()
+    store.create_jobs([job])
+    put_job_row(store, "s-1", job.job_id, corrupted(job, **fields))
+    for read in (
+        lambda: store.get_job("s-1", job.job_id),
+        lambda: store.claim("s-1", job.job_id, "w1", LEASE, time.time()),
+    ):
+        with pytest.raises(CorruptRecordError, match=f"job {job.job_id} of study s-1: .* at {path}"):
+            read()
+    if path != "job_id":  # find_job looks the row up by the job id it stores
+        with pytest.raises(CorruptRecordError, match=f"job {job.job_id} of study s-1: .* at {path}"):
+            store.find_job(job.job_id)
+
+
+def test_a_job_corrupted_while_running_fails_its_holders_transitions(store):
+    job, claimed = running_job(store)
+    put_job_row(store, "s-1", job.job_id, corrupted(claimed, spec_image_size=3))
+    for call in (
+        lambda: store.renew("s-1", job.job_id, claimed.attempt, LEASE, time.time()),
+        lambda: store.finish("s-1", job.job_id, claimed.attempt, JobStatus.FAILED, {"error": "x"}),
+    ):
+        with pytest.raises(CorruptRecordError, match="at spec.model.image_size"):
+            call()
+
+
+def test_a_corrupt_study_raises_when_read_alone(store):
+    store.put_study(study_record("s-1"))
+    put_study_row(store, "s-1", {**study_record("s-1").model_dump(mode="json"), "created_at": "yesterday"})
+    with pytest.raises(CorruptRecordError, match="study s-1: .* at created_at"):
+        store.get_study("s-1")
+
+
+def test_listings_leave_corrupt_rows_out_with_a_warning(store, caplog):
+    store.put_study(study_record("s-1", created_at=1000.0))
+    store.put_study(study_record("s-2", created_at=2000.0))
+    put_study_row(store, "s-2", {**study_record("s-2").model_dump(mode="json"), "spec": "not a map"})
+    good, bad = job_record(learning_rate=0.1), job_record(learning_rate=0.2)
+    store.create_jobs([good, bad])
+    put_job_row(store, "s-1", bad.job_id, corrupted(bad, spec_image_size=3))
+    claimed = store.claim("s-1", good.job_id, "w1", LEASE, time.time())
+    store.put_epoch(EpochRecord(study_id="s-1", job_id=good.job_id, epoch=1, attempt=claimed.attempt, metrics={}))
+    epoch_2 = EpochRecord(study_id="s-1", job_id=good.job_id, epoch=2, attempt=claimed.attempt, metrics={})
+    put_epoch_row(store, "s-1", good.job_id, 2, {**epoch_2.model_dump(mode="json"), "metrics": {"loss": "low"}})
+    with caplog.at_level(logging.WARNING):
+        assert [s.study_id for s in store.list_studies()] == ["s-1"]
+        assert [j.job_id for j in store.list_jobs("s-1")] == [good.job_id]
+        assert [e.epoch for e in store.epochs("s-1", good.job_id)] == [1]
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "study s-2: " in warned and f"job {bad.job_id} of study s-1: " in warned and "metrics.loss" in warned

@@ -44,7 +44,9 @@ def test_two_workers_run_a_study_to_one_result_per_job(tmp_path, tiny_dataset):
     scores = [r["val_accuracy"] for r in rows]
     assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
     for row in rows:
-        assert Path(row["checkpoint"]).is_file() and row["checkpoint"].endswith("best.keras")
+        # records hold store keys; the display URI of the embedded store is the file itself
+        assert row["checkpoint"].startswith("studies/") and row["checkpoint"].endswith("best.keras")
+        assert Path(row["checkpoint_uri"]).is_file()
         assert row["epochs_run"] >= 1 and row["train_seconds"] > 0 and row["cost_usd"] > 0
         assert row["total_params"] > row["trainable_params"] or row["architecture"] == "benchmark"
     logs = "".join(p.read_text() for p in (tmp_path / "logs").iterdir())
@@ -74,8 +76,9 @@ def test_study_fine_tunes_its_best_and_evaluates_it_automatically(tmp_path, tiny
     best_train = max((r for r in rows if r["kind"] == "train"), key=lambda r: r["val_accuracy"])
     assert finetuned["parent_job_id"] == best_train["job_id"]
     evaluation = next(r for r in rows if r["kind"] == "evaluate")
-    job = submit_json(env, "show", evaluation["job_id"])["job"]
-    with open(job["artifacts"]["predictions_csv"]) as handle:
+    shown = submit_json(env, "show", evaluation["job_id"])
+    assert shown["job"]["artifacts"]["predictions_csv"].startswith("studies/")  # a store key
+    with open(shown["artifact_uris"]["predictions_csv"]) as handle:
         predictions = list(csv.DictReader(handle))
     matching = sum(p["true_class"] == p["predicted_class"] for p in predictions)
     assert len(predictions) == 9  # the test split: 3 classes x 3 images

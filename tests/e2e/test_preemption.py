@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import signal
 import subprocess
@@ -138,8 +139,9 @@ def test_spot_notice_mid_epoch_requeues_and_another_worker_resumes(tmp_path, tin
     assert all(a == 1 for e, a in written if e <= checkpoint)
     assert backend.queue.counts().backlog == 0 and backend.queue.counts().dead == 0
 
-    with open(record.artifacts["log_csv"]) as handle:  # one continuous CSV log across both attempts
-        assert [int(float(row["epoch"])) for row in csv.DictReader(handle)] == list(range(1, EPOCHS + 1))
+    log_csv = backend.artifacts.get_bytes(record.artifacts["log_csv"]).decode()  # a store key
+    epochs_logged = [int(float(row["epoch"])) for row in csv.DictReader(io.StringIO(log_csv))]
+    assert epochs_logged == list(range(1, EPOCHS + 1))  # one continuous CSV log across both attempts
 
     rows = submit_json(env_for(home), "leaderboard")["rows"]
     assert len(rows) == 1

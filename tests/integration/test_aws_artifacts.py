@@ -1,15 +1,17 @@
-"""S3ArtifactStore beyond the contract: managed multipart transfers, atomic downloads, write-once."""
+"""S3ArtifactStore beyond the contract: managed multipart transfers, atomic downloads, write-once,
+a root prefix never repeated in keys, and `ExpectedBucketOwner` on every request."""
 
 from __future__ import annotations
 
 import os
 import threading
 
+import boto3
 import pytest
 from boto3.s3.transfer import TransferConfig
 
 from shared.backends.aws_s3 import S3ArtifactStore
-from shared.errors import NotFoundError
+from shared.errors import BadInputError, NotFoundError
 from tests.aws_support import CallCounter, fresh_aws_backend
 
 pytestmark = pytest.mark.aws
@@ -93,3 +95,42 @@ def test_listing_pages_through_objects_in_key_order(aws):
     counter = CallCounter(aws.artifacts.client)
     assert [o.key for o in aws.artifacts.list("many/")] == sorted(keys)
     assert counter.calls[("s3", "ListObjectsV2")] == 3
+
+
+def test_a_prefixed_store_turns_its_own_uris_into_keys_without_repeating_its_root(aws):
+    store = S3ArtifactStore(aws.artifacts.client, aws.artifacts.bucket, prefix="team-a")
+    bucket = store.bucket
+    assert store.key_for(f"s3://{bucket}/team-a/weights/a.weights.h5") == "weights/a.weights.h5"
+    assert store.key_for(store.uri("weights/a.weights.h5")) == "weights/a.weights.h5"
+    assert store.key_for("weights/a.weights.h5") == store.key_for("artifacts:weights/a.weights.h5") == "weights/a.weights.h5"
+    # the key is relative to the root: reading it back finds the object put under the root once
+    store.put_bytes(store.key_for(f"s3://{bucket}/team-a/p/x.txt"), b"once")
+    assert aws.artifacts.exists("team-a/p/x.txt") and not aws.artifacts.exists("team-a/team-a/p/x.txt")
+    with pytest.raises(BadInputError, match="outside the artifact store's root"):
+        store.key_for(f"s3://{bucket}/team-b/weights/a.weights.h5")
+    with pytest.raises(BadInputError, match="outside the artifact store's root"):
+        store.key_for(f"s3://{bucket}/team-ab/x")  # a sibling whose name starts like the root
+    with pytest.raises(BadInputError, match="is not the artifact store's bucket"):
+        store.key_for("s3://another-bucket/team-a/x")
+
+
+def test_every_request_names_the_bucket_owner_from_sts(aws, tmp_path):
+    owners: list[bytes | None] = []  # the header of every HTTP request the backend's own client sends
+    aws.artifacts.client.meta.events.register(
+        "before-send.s3", lambda request, **_: owners.append(request.headers.get("x-amz-expected-bucket-owner"))
+    )
+    source = tmp_path / "f.bin"
+    source.write_bytes(b"abc")
+    store = aws.artifacts
+    store.put_file(source, "o/f.bin")
+    store.put_bytes("o/b.txt", b"1")
+    store.put_bytes("o/once.txt", b"1", if_absent=True)
+    store.get_file("o/f.bin", tmp_path / "back.bin")
+    store.get_bytes("o/b.txt")
+    store.exists("o/b.txt")
+    list(store.list("o/"))
+    store.delete("o/b.txt")
+    with pytest.raises(NotFoundError):
+        store.get_file("o/missing", tmp_path / "missing")  # the HEAD of the bucket too
+    sts_account = boto3.client("sts").get_caller_identity()["Account"]
+    assert len(owners) >= 10 and set(owners) == {sts_account.encode()}, owners

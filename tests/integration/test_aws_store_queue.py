@@ -162,8 +162,11 @@ def test_updates_write_only_the_changed_fields_under_conditions(aws, counter):
     (params,) = sent
     assert set(params["ExpressionAttributeNames"].values()) == {"epochs_run", "status", "attempt"}
     assert params["ConditionExpression"].count("=") == 2 and params["UpdateExpression"].startswith("SET ")
-    with pytest.raises(BadInputError):
-        aws.store.update("s-1", job.job_id, claimed.attempt, {"epochs_run": "many"})
+    counter.reset()
+    for changes in ({"epochs_run": "many"}, {"status": "SUCCEEDED"}, {"job_id": "other"}):
+        with pytest.raises(BadInputError):
+            aws.store.update("s-1", job.job_id, claimed.attempt, changes)
+    assert counter.count("dynamodb") == 0  # refused before any request
 
 
 def test_fenced_writes_tell_a_lost_lease_from_an_unknown_job(aws):
@@ -176,17 +179,10 @@ def test_fenced_writes_tell_a_lost_lease_from_an_unknown_job(aws):
     epoch = EpochRecord(study_id="s-1", job_id=job.job_id, epoch=1, attempt=first.attempt, metrics={"loss": 1.0})
     with pytest.raises(LeaseLostError):
         aws.store.put_epoch(epoch)
-    for call in (
-        lambda: aws.store.renew("s-1", "nope", 1, LEASE, 2000.0),
-        lambda: aws.store.update("s-1", "nope", 1, {"epochs_run": 1}),
-        lambda: aws.store.finish("s-1", "nope", 1, JobStatus.SUCCEEDED, {}),
-        lambda: aws.store.put_epoch(epoch.model_copy(update={"job_id": "nope"})),
-        lambda: aws.store.reset("s-1", "nope", [JobStatus.FAILED], JobStatus.QUEUED, {}),
-        lambda: aws.store.request_cancel("s-1", "nope"),
-        lambda: aws.store.mark_stage("nope", "finetune"),
-    ):
-        with pytest.raises(NotFoundError):
-            call()
+    # one conditional write each, told apart by the old item it returns (the contract suite makes
+    # every method meet an unknown job)
+    with pytest.raises(NotFoundError):
+        aws.store.put_epoch(epoch.model_copy(update={"job_id": "nope"}))
 
 
 def test_reads_are_queries_never_scans_and_paginate_in_job_id_order(aws, counter):

@@ -45,7 +45,7 @@ def test_export_copies_the_checkpoint_with_the_class_names(tmp_path, tiny_datase
     result = invoke("export", best.job_id, "--out", str(tmp_path / "out" / "model.keras"), "--format", "json")
     assert result.exit_code == 0, result.output
     doc = ExportDocument.model_validate_json(result.stdout)
-    assert Path(doc.path).read_bytes() == Path(best.checkpoint).read_bytes()
+    assert Path(doc.path).read_bytes() == backend.artifacts.get_bytes(best.checkpoint)
     names = json.loads(Path(doc.classes_file).read_text())
     assert names["classes"] == load_manifest(tiny_dataset).classes == doc.classes and names["image_size"] == 32
     assert classes_from(Path(doc.classes_file)) == doc.classes  # what `worker predict` reads beside the model

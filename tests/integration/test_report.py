@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from shared.backends.factory import open_local
 from shared.ports import Backend
 from shared.config import BackendConfig
+from shared.errors import BadInputError
 from shared.jobs import EpochRecord, JobRecord
 from shared.paths import job_prefix
 from shared.schemas import LeaderboardDocument, MatrixDocument, ReportDocument, StatusDocument
@@ -37,7 +38,7 @@ OPT_SKILL = {"adam": 0.06, "sgd": 0.0}
 SECONDS_PER_EPOCH = {"benchmark": 3.0, "mobilenet_v2": 7.5}
 
 
-def study_spec(dataset: Path, name: str = "report-demo"):
+def study_spec(dataset: Path | str, name: str = "report-demo"):
     return parse_study(json.dumps({
         "name": name, "dataset": str(dataset), "image_size": 32, "seed": 3,
         "parameters": {
@@ -82,16 +83,19 @@ def run_through_store(backend: Backend, record: JobRecord, epochs: list[dict[str
         "epochs_run": len(epochs), "best_epoch": None if best is None else best + 1,
         "metrics": epochs[best] if best is not None else {}, "train_seconds": train_seconds,
         "cost_usd": round(train_seconds * PRICE / 3600, 6), "finished_at": now,
-        "checkpoint": backend.artifacts.uri(key) if status == JobStatus.SUCCEEDED and record.kind != "evaluate" else None,
+        "checkpoint": key if status == JobStatus.SUCCEEDED and record.kind != "evaluate" else None,  # a key, never a URI
         **changes,
     }
     return backend.store.finish(record.study_id, record.job_id, claimed.attempt, status, fields)
 
 
-def build_study(home: Path, dataset: Path, evaluate: bool = True, leave_queued: int = 0) -> tuple[Backend, str]:
+def build_study(
+    home: Path | Backend, dataset: Path | str, evaluate: bool = True, leave_queued: int = 0
+) -> tuple[Backend, str]:
     """8 train jobs (2 architectures x 2 optimizers x 2 batch sizes): one FAILED after 1 epoch, the
-    rest SUCCEEDED with 4 epochs; the last `leave_queued` untouched; optionally the best one evaluated."""
-    backend = open_local(BackendConfig(home=home))
+    rest SUCCEEDED with 4 epochs; the last `leave_queued` untouched; optionally the best one evaluated.
+    `home`: the embedded backend's directory, or any backend."""
+    backend = home if isinstance(home, Backend) else open_local(BackendConfig(home=home))
     spec = study_spec(dataset)
     service.submit_study(backend, spec, PRICE)
     jobs = backend.store.list_jobs(spec.study_id)
@@ -112,7 +116,7 @@ def build_study(home: Path, dataset: Path, evaluate: bool = True, leave_queued: 
         backend.artifacts.put_bytes(f"{prefix}/confusion_matrix.json", json.dumps({"classes": classes, "matrix": confusion}).encode())
         backend.artifacts.put_bytes(f"{prefix}/per_class_accuracy.json", json.dumps(per_class).encode())
         backend.artifacts.put_bytes(f"{prefix}/predictions.csv", b"file,true_class,predicted_class,probability\n")
-        artifacts = {name: backend.artifacts.uri(f"{prefix}/{file}") for name, file in
+        artifacts = {name: f"{prefix}/{file}" for name, file in
                      (("confusion_matrix", "confusion_matrix.json"), ("per_class_accuracy", "per_class_accuracy.json"),
                       ("predictions_csv", "predictions.csv"))}
         run_through_store(backend, evaluation, [], metrics={"test_accuracy": 10 / 12, "test_loss": 0.52},
@@ -197,7 +201,7 @@ def test_report_of_a_study_with_an_evaluation(tmp_path, tiny_dataset):
             embedded = re.search(rf'src="data:image/png;base64,([^"]+)" alt="{re.escape(path.name)}"', page)
             assert embedded and base64.b64decode(embedded.group(1)) == path.read_bytes(), path.name
     assert page.count("<img ") == 7
-    assert "mobilenet_v2" in page and 'class="dataframe board"' in page and "test accuracy 0.8333" in page
+    assert "mobilenet_v2" in page and 'class="board"' in page and "test accuracy 0.8333" in page
     assert "no finished jobs" not in page and "no evaluations yet" not in page
 
 
@@ -226,20 +230,22 @@ def test_study_without_evaluations_still_plots_training(tmp_path, tiny_dataset):
 def test_a_missing_evaluation_artifact_is_reported_not_raised(tmp_path, tiny_dataset):
     backend, study_id = build_study(tmp_path / "home", tiny_dataset)
     evaluation = next(r for r in backend.store.list_jobs(study_id) if r.kind == "evaluate")
-    Path(evaluation.artifacts["confusion_matrix"]).unlink()
+    backend.artifacts.delete(evaluation.artifacts["confusion_matrix"])
     report = build_report(backend, study_id, tmp_path / "out")
     assert "confusion_matrix.png" not in {p.name for p in report.files}
     assert "confusion matrix unavailable" in report.html.read_text()
 
 
-def test_read_artifact_takes_paths_and_keys(tmp_path):
+def test_read_artifact_reads_keys_and_never_a_local_file(tmp_path):
     backend = open_local(BackendConfig(home=tmp_path / "home"))
     backend.artifacts.put_bytes("studies/s/jobs/j/x.json", b"{}")
-    assert read_artifact(backend.artifacts, backend.artifacts.uri("studies/s/jobs/j/x.json")) == b"{}"
     assert read_artifact(backend.artifacts, "studies/s/jobs/j/x.json") == b"{}"
+    assert read_artifact(backend.artifacts, "artifacts:studies/s/jobs/j/x.json") == b"{}"
     outside = tmp_path / "elsewhere.json"
     outside.write_bytes(b"[]")
-    assert read_artifact(backend.artifacts, str(outside)) == b"[]"
+    for local in (str(outside), backend.artifacts.uri("studies/s/jobs/j/x.json")):  # a path, even into the store
+        with pytest.raises(BadInputError, match="not in the artifact store"):
+            read_artifact(backend.artifacts, local)
 
 
 def test_pareto_front_keeps_only_undominated_points():
@@ -268,6 +274,9 @@ def test_status_and_leaderboard_json_match_the_documented_schemas(tiny_dataset, 
     assert status.counts["RUNNING"] == 1 and status.rows[0].job_id == running.job_id and not status.finished
     board = LeaderboardDocument.model_validate_json(invoke("leaderboard", "--format", "json").stdout)
     assert board.rows[0].rank == 1 and board.rows[0].architecture == "mobilenet_v2"
+    best = board.rows[0]  # the record's key, and beside it where a person finds the model
+    assert best.checkpoint == f"{job_prefix(study_id, best.job_id)}/best.keras"
+    assert best.checkpoint_uri == backend.artifacts.uri(best.checkpoint)
     grid = MatrixDocument.model_validate_json(invoke("leaderboard", "--matrix", "architecture", "optimizer", "--format", "json").stdout)
     expected = matrix(backend.store.list_jobs(study_id), "architecture", "optimizer")
     assert grid.rows == json.loads(expected.to_json(orient="records"))

@@ -17,7 +17,7 @@ from tests.aws_support import REGION, moto_endpoint  # noqa: F401  (the session 
 from worker.asg import ScaleInGuard
 from worker.loop import Policy, Worker
 from worker.settings import WorkerSettings
-from worker.training.context import JobResult
+from worker.job import JobResult
 
 pytestmark = pytest.mark.aws
 

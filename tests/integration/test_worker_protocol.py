@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 
 from shared.ports import Backend
 from shared.backends.local import SqliteJobStore
@@ -16,10 +17,11 @@ from shared.errors import LeaseLostError, PermanentError
 from shared.jobs import JobMessage, JobSpec, ModelSpec, TrainingSpec, job_id_for
 from shared.status import JobStatus
 from shared.submission import enqueue_record, submit_jobs
-from worker.loop import Policy, Worker
+from worker.loop import Policy, Worker, stopped_kind
+from worker.outcomes import Outcome, OutcomeKind
 from worker.settings import WorkerSettings
 from worker.stop import StopFlag
-from worker.training.context import EpochReport, JobResult
+from worker.job import EpochReport, JobContext, JobOutcome, JobResult, StopReason
 
 STUDY = "proto-1"
 
@@ -44,7 +46,7 @@ class FakeTraining:
         self.calls: list[tuple[str, int]] = []
         self.behaviour = behaviour or (lambda ctx, call: None)
 
-    def __call__(self, ctx) -> JobResult:
+    def __call__(self, ctx: JobContext) -> JobResult:
         call = len(self.calls)
         self.calls.append((ctx.job_id, call))
         special = self.behaviour(ctx, call)
@@ -52,8 +54,9 @@ class FakeTraining:
             return special
         for epoch in range(1, ctx.spec.training.epochs + 1):
             ctx.on_epoch(EpochReport(epoch, {"val_accuracy": 0.5 + epoch / 10, "loss": 1.0 / epoch}, 0.01))
-        return JobResult("completed", None, ctx.spec.training.epochs, ctx.spec.training.epochs,
-                         {"val_accuracy": 0.7, "val_loss": 0.3}, 0.05, 100, 10, None, {})
+        epochs, prefix = ctx.spec.training.epochs, ctx.prefix
+        return JobResult(JobOutcome.COMPLETED, None, epochs, epochs, {"val_accuracy": 0.7, "val_loss": 0.3}, 0.05,
+                         100, 10, f"{prefix}/best.keras", {"log_csv": f"{prefix}/log.csv"})
 
 
 def run_worker(backend: Backend, home: Path, training, **policy: object) -> Worker:
@@ -76,6 +79,9 @@ def test_duplicate_delivery_gives_one_result(local_backend, tiny_dataset, tmp_pa
     assert sorted(job_id for job_id, _ in training.calls) == sorted(job_id for job_id, _ in jobs)
     assert set(statuses(local_backend).values()) == {JobStatus.SUCCEEDED}
     assert local_backend.queue.counts().backlog == 0 and local_backend.queue.counts().dead == 0
+    for record in local_backend.store.list_jobs(STUDY):  # artifact-store keys, never display locations
+        prefix = f"studies/{STUDY}/jobs/{record.job_id}"
+        assert (record.checkpoint, record.artifacts) == (f"{prefix}/best.keras", {"log_csv": f"{prefix}/log.csv"})
 
 
 class PartitionedStore(SqliteJobStore):
@@ -128,7 +134,8 @@ def test_poison_messages_are_moved_aside_and_real_jobs_finish(local_backend, tin
         json.dumps({**valid, "schema_version": 99}),
         json.dumps({**valid, "job_id": "no-such-job"}),
         json.dumps({**valid, "spec": {"kind": "train"}}),
-        "x" * 300_000,
+        "[" * 100_000 + "]" * 100_000,  # json.loads raises RecursionError, not ValueError
+        json.dumps({**valid, "job_id": "../../victim"}),
     ]
     local_backend.queue.send(poison)
     run_worker(local_backend, tmp_path / "home", FakeTraining())
@@ -145,8 +152,8 @@ def test_preempted_job_is_requeued_fresh_and_resumed_elsewhere(local_backend, ti
         if call == 0:
             ctx.on_epoch(EpochReport(1, {"val_accuracy": 0.4}, 0.01))
             stop.request("spot interruption: terminate")
-            assert ctx.should_stop() == "preempted"
-            return JobResult("stopped", "preempted", 1, 1, {}, 0.5, None, None, None, {})
+            assert ctx.should_stop() is StopReason.PREEMPTED
+            return JobResult(JobOutcome.STOPPED, StopReason.PREEMPTED, 1, 1, {}, 0.5, None, None, None, {})
         return None
 
     training = FakeTraining(preempt_after_first_epoch)
@@ -172,7 +179,9 @@ def test_transient_errors_retry_then_fail_into_dead_letters(local_backend, tiny_
     record = local_backend.store.get_job(STUDY, job_id)
     assert len(training.calls) == 3  # max_receives
     assert record.status == JobStatus.FAILED and "throttled #2" in record.error
-    assert "traceback" in record.artifacts and Path(record.artifacts["traceback"]).read_text().startswith("Traceback")
+    traceback_key = record.artifacts["traceback"]  # a key in the artifact store, not a display location
+    assert traceback_key == f"studies/{STUDY}/jobs/{job_id}/errors/attempt-3.txt"
+    assert local_backend.artifacts.get_bytes(traceback_key).decode().startswith("Traceback")
     assert len(local_backend.queue.dead_letters()) == 1 and local_backend.queue.counts().backlog == 0
 
 
@@ -200,7 +209,7 @@ def test_cancel_stops_a_running_job_at_its_next_check(local_backend, tiny_datase
         deadline = time.monotonic() + 10
         while ctx.should_stop() is None and time.monotonic() < deadline:
             time.sleep(0.1)  # the heartbeat (every lease/3 = 1 s) brings the flag
-        return JobResult("stopped", ctx.should_stop(), 0, None, {}, 0.1, None, None, None, {})
+        return JobResult(JobOutcome.STOPPED, ctx.should_stop(), 0, None, {}, 0.1, None, None, None, {})
 
     run_worker(local_backend, tmp_path / "home", FakeTraining(cancellable))
     assert local_backend.store.get_job(STUDY, job_id).status == JobStatus.CANCELLED
@@ -214,3 +223,34 @@ def test_job_of_a_finished_study_is_acked_without_running(local_backend, tiny_da
     training = FakeTraining()
     run_worker(local_backend, tmp_path / "home", training)
     assert training.calls == [] and local_backend.queue.counts().backlog == 0
+
+
+def test_a_misspelt_stop_reason_fails_loudly_and_is_never_a_preemption(local_backend, tiny_dataset, tmp_path):
+    """Before the enums, an unknown stop reason became a preemption: re-enqueued forever, never
+    counted towards the dead-letter queue. Now it cannot even be made into a result."""
+    [(job_id, spec)] = make_jobs(tiny_dataset, 1)
+    submit_jobs(local_backend.store, local_backend.queue, STUDY, [(job_id, spec)])
+
+    def misspelt(ctx, call):
+        return JobResult("stopped", "preemptd", 0, None, {}, 0.1, None, None, None, {})  # type: ignore[arg-type]
+
+    training = FakeTraining(misspelt)
+    run_worker(local_backend, tmp_path / "home", training)
+    record = local_backend.store.get_job(STUDY, job_id)
+    assert (record.status, record.preemptions, len(training.calls)) == (JobStatus.FAILED, 0, 3)
+    assert "ValueError: 'preemptd' is not a valid StopReason" in record.error
+    assert local_backend.queue.counts().dead == 1
+
+
+def test_every_stop_reason_and_outcome_kind_is_dispatched_by_name_and_nothing_else(local_backend):
+    settler = Worker(local_backend, settings_for(local_backend.store.db.path.parent), FakeTraining()).settler
+    assert {stopped_kind(reason) for reason in StopReason} == {
+        OutcomeKind.PREEMPTED, OutcomeKind.CANCELLED, OutcomeKind.LEASE_LOST
+    }
+    assert len({settler._handler(kind).__name__ for kind in OutcomeKind}) == len(OutcomeKind)
+    with pytest.raises(ValueError, match="not a valid OutcomeKind"):
+        Outcome("preempt")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="stop reason"):
+        JobResult(JobOutcome.STOPPED, None, 0, None, {}, 0.1, None, None, None, {})
+    with pytest.raises(ValueError, match="stop reason"):
+        JobResult(JobOutcome.COMPLETED, StopReason.CANCELLED, 0, None, {}, 0.1, None, None, None, {})

@@ -13,7 +13,7 @@ import pytest
 from shared.backends.local import LocalArtifactStore
 from shared.errors import PermanentError
 from tests.training_support import StopInEpoch, context, tiny_dataset, tiny_spec  # noqa: F401 (fixture)
-from worker.training import EpochReport, run_job
+from worker.training import EpochReport, JobRunner, run_job
 from worker.training import data
 from worker.training.features import FeatureCache, applies, entry_key, weights_identity
 from worker.training.models import architecture, build_base, count_params, load_model
@@ -92,11 +92,14 @@ def test_efficientnet_with_dropout_inside_the_base_matches_with_data_fraction(tm
     assert cached.metrics == pytest.approx(direct.metrics, abs=TOLERANCE)
 
 
-def test_a_second_job_with_the_same_key_reuses_the_entry(tmp_path, tiny_dataset, caplog):
+def test_a_second_job_with_the_same_key_reuses_the_entry_and_the_runners_base(tmp_path, tiny_dataset, caplog):
     store = LocalArtifactStore(tmp_path / "artifacts")
     spec = transfer_spec("mobilenet", True, epochs=1)
-    first = run_job(context(tmp_path, spec, tiny_dataset, job_id="a", artifacts=store))
+    runner = JobRunner()  # one per worker process: consecutive jobs share the entry's base
+    first = runner(context(tmp_path, spec, tiny_dataset, job_id="a", artifacts=store))
     entry = first.artifacts["feature_cache"]
+    base = runner.bases.get(entry.rsplit("/", 1)[1])
+    assert base is not None
     before = [(o.key, o.size) for o in store.list("feature-cache/")]
     assert len(before) == 3 and before[-1][0] == f"{entry}/manifest.json"
     committed = store.get_bytes(f"{entry}/manifest.json")
@@ -106,8 +109,9 @@ def test_a_second_job_with_the_same_key_reuses_the_entry(tmp_path, tiny_dataset,
     other = tiny_spec("mobilenet", model={"head": HEAD}, training={"epochs": 1}, optimizer=sgd)
     with caplog.at_level(logging.INFO, logger="worker.training.features"):
         host_2 = context(tmp_path, other, tiny_dataset, job_id="b", artifacts=store, cache_dir=tmp_path / "host-2")
-        second = run_job(host_2)
+        second = runner(host_2)
     assert second.artifacts["feature_cache"] == entry
+    assert runner.bases.get(entry.rsplit("/", 1)[1]) is base  # not built again to assemble best.keras
     assert any("feature cache hit" in message for message in caplog.messages)
     assert [(o.key, o.size) for o in store.list("feature-cache/")] == before
     assert store.get_bytes(f"{entry}/manifest.json") == committed
@@ -192,7 +196,6 @@ def test_a_head_on_cached_features_publishes_the_complete_best_model_once_at_the
 
     # The worker "died" between the last commit and the publish.
     store.delete(f"{prefix}/best.keras")
-    store.delete(f"{prefix}/state/best.json")
     again = run_job(context(tmp_path, spec, tiny_dataset, artifacts=store, work_dir=tmp_path / "host-2"))
     assert (again.epochs_run, again.best_epoch, again.metrics) == (4, first.best_epoch, first.metrics)
     republished = load_model(tmp_path / "artifacts" / again.checkpoint)  # the complete model again

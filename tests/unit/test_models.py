@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from shared.backends.local import LocalArtifactStore
 from shared.errors import PermanentError
 from shared.jobs import ModelSpec
 from shared.optimizers import CONCRETE_CLASSES, OPTIMIZER_NAMES
@@ -19,9 +20,9 @@ from worker.training.inputs import fetch_weights, weights_key
 from worker.training.models import (
     InferenceBase,
     Preprocess,
+    base_features,
     build_model,
     count_params,
-    feature_extractor,
     find_base,
     head_classifier,
     load_model,
@@ -79,10 +80,10 @@ def test_checkpoint_round_trips_in_safe_mode_without_lambda_layers(tmp_path):
 def test_the_base_runs_in_inference_mode_even_when_the_model_trains():
     """EfficientNet has Dropout inside its blocks; Keras 3 would run it during fit
     if the base were merely called with training=False."""
-    model = build_model(ModelSpec(architecture="efficientnet_b0", image_size=32, head={"units": 8}), 3)
-    base = find_base(model)
+    spec = ModelSpec(architecture="efficientnet_b0", image_size=32, head={"units": 8})
+    base = find_base(build_model(spec, 3))
     assert any(isinstance(layer, keras.layers.Dropout) for layer in base.base.layers)
-    extractor = feature_extractor(model)
+    extractor = base_features(spec, base.base)
     x = images(8)
     training = keras.ops.convert_to_numpy(extractor(x, training=True))
     inference = keras.ops.convert_to_numpy(extractor(x, training=False))
@@ -165,11 +166,14 @@ def test_weights_file_from_the_artifact_store_loads(tmp_path, tiny_dataset):
         np.testing.assert_array_equal(ours, theirs)
 
 
-def test_weights_key_accepts_keys_and_s3_uris():
-    assert weights_key("weights/a.weights.h5") == "weights/a.weights.h5"
-    assert weights_key("s3://bucket/weights/a.weights.h5") == "weights/a.weights.h5"
-    with pytest.raises(PermanentError):
-        weights_key("../outside.weights.h5")
+def test_weights_key_is_the_stores_key_of_a_location(tmp_path):
+    # a prefixed S3 store (s3:// locations, the root not repeated): tests/integration/test_store_keys_aws.py
+    store = LocalArtifactStore(tmp_path / "store")
+    assert weights_key(store, "weights/a.weights.h5") == "weights/a.weights.h5"
+    assert weights_key(store, "artifacts:weights/a.weights.h5") == "weights/a.weights.h5"
+    for outside in ("../outside.weights.h5", "/home/me/a.weights.h5", "s3://bucket/weights/a.weights.h5"):
+        with pytest.raises(PermanentError):
+            weights_key(store, outside)
 
 
 def test_missing_weights_file_is_a_permanent_error(tmp_path, tiny_dataset):

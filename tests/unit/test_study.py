@@ -9,7 +9,17 @@ from pathlib import Path
 import pytest
 
 from shared.errors import BadInputError
-from shared.study import GRID_CAP, grid_size, job_count, parse_study
+from shared.jobs import JobMessage, parse_message
+from shared.limits import (
+    MAX_BATCH_SIZE,
+    MAX_EPOCHS,
+    MAX_HEAD_UNITS,
+    MAX_IMAGE_SIZE,
+    MAX_REPEATS,
+    MAX_SEED,
+    MAX_TOP,
+)
+from shared.study import GRID_CAP, expand, grid_size, job_count, parse_study
 
 EXAMPLE = json.loads((Path(__file__).parents[2] / "examples" / "sweep.json").read_text())
 
@@ -42,7 +52,7 @@ def test_invalid_json_names_line_and_column():
 
 
 def test_unknown_top_level_field():
-    assert str(error_of(study(epochs=3))).startswith("epochs: Extra inputs")
+    assert str(error_of(study(epochs=3))).startswith("epochs: unknown field")
 
 
 def test_unknown_field_deep_inside():
@@ -119,3 +129,57 @@ def test_a_stored_study_validates_again_to_the_same_spec():
     spec = parse(data)
     again = type(spec).model_validate(spec.model_dump(mode="json"))
     assert again == spec and again.study_id == spec.study_id
+
+
+# --- caps: one constant each, enforced at the study file and again at the message -------------
+
+CAPS = [
+    ("image_size", lambda d, v: d.update(image_size=v), MAX_IMAGE_SIZE),
+    ("parameters.image_size[0]", lambda d, v: d["parameters"].update(image_size=[v]), MAX_IMAGE_SIZE),
+    ("parameters.batch_size[0]", lambda d, v: d["parameters"].update(batch_size=[v]), MAX_BATCH_SIZE),
+    ("training.epochs", lambda d, v: d["training"].update(epochs=v), MAX_EPOCHS),
+    ("training.early_stopping.patience", lambda d, v: d["training"]["early_stopping"].update(patience=v), MAX_EPOCHS),
+    ("training.repeats", lambda d, v: d["training"].update(repeats=v), MAX_REPEATS),
+    ("head.units", lambda d, v: d.update(head={"units": v}), MAX_HEAD_UNITS),
+    ("finetune.epochs", lambda d, v: d.update(finetune={"epochs": v}), MAX_EPOCHS),
+    ("finetune.top", lambda d, v: d.update(finetune={"top": v}), MAX_TOP),
+    ("evaluate.top", lambda d, v: d.update(evaluate={"top": v}), MAX_TOP),
+    ("seed", lambda d, v: d.update(seed=v), MAX_SEED),
+    ("search.seed", lambda d, v: d.update(search={"method": "random", "count": 2, "seed": v}), MAX_SEED),
+]
+
+
+@pytest.mark.parametrize(("path", "put", "cap"), CAPS, ids=[c[0] for c in CAPS])
+def test_each_cap_is_the_largest_value_a_study_may_give(path, put, cap):
+    at_cap, above = study(), study()
+    put(at_cap, cap)
+    put(above, cap + 1)
+    parse(at_cap)
+    error = error_of(above)
+    assert error.path == path and str(cap) in str(error)
+
+
+def test_jobs_of_a_study_at_every_cap_pass_the_message_door():
+    data = study(image_size=MAX_IMAGE_SIZE, seed=MAX_SEED, head={"units": MAX_HEAD_UNITS})
+    data["parameters"]["batch_size"] = [MAX_BATCH_SIZE]
+    data["training"].update(epochs=MAX_EPOCHS, repeats=MAX_REPEATS)
+    spec = parse(data)
+    jobs = list(expand(spec))
+    assert len(jobs) == job_count(spec) == 10 * MAX_REPEATS
+    for job_id, job in jobs[-MAX_REPEATS:]:  # the last configuration, every repeat (the largest seeds)
+        message = parse_message(JobMessage(study_id=spec.study_id, job_id=job_id, spec=job).to_body())
+        assert message.spec == job
+
+
+def test_omitting_the_optimizer_means_adam():
+    data = study()
+    del data["parameters"]["optimizer"]
+    assert [job.optimizer.name for _, job in expand(parse(data))] == ["adam", "adam"]
+
+
+def test_discriminator_errors_name_the_field_the_user_wrote():
+    error = error_of(study(search={"method": "magic"}))
+    assert str(error) == "search.method: unknown method 'magic' (known: grid, random)"
+    data = study()
+    data["parameters"]["optimizer"][0] = {"name": "lion"}
+    assert str(error_of(data)).startswith("parameters.optimizer[0].name: unknown optimizer 'lion' (known: sgd,")

@@ -11,8 +11,10 @@ import os
 import numpy as np
 import pytest
 
+from shared.backends.local import LocalArtifactStore
 from shared.errors import BadInputError, PermanentError
 from shared.manifest import MANIFEST_NAME
+from shared.paths import job_prefix
 from tests.training_support import StopInEpoch, context, tiny_dataset, tiny_spec, write_dataset  # noqa: F401
 from worker.training import EpochReport, run_job
 from worker.training import data
@@ -207,6 +209,7 @@ def test_a_stopped_job_resumes_at_the_next_epoch_with_one_continuous_log(tmp_pat
     assert stopped.outcome == "stopped" and stopped.stop_reason == "preempted"
     assert stopped.epochs_run == 2 and [r.epoch for r in first_reports] == [1, 2]
     assert [int(r["epoch"]) for r in csv_rows(first)] == [1, 2]
+    assert not first.artifacts.exists(f"{first.prefix}/best.keras")  # published at completion only
 
     # Another host: a fresh work dir and cache, the same artifact store.
     second_reports: list[EpochReport] = []
@@ -220,9 +223,8 @@ def test_a_stopped_job_resumes_at_the_next_epoch_with_one_continuous_log(tmp_pat
     assert float(rows[0]["val_loss"]) == pytest.approx(first_reports[0].metrics["val_loss"])
     state = json.loads(second.artifacts.get_bytes(f"{second.prefix}/state/state.json"))
     assert state["epoch"] == 4 and state["model_key"].endswith("epoch-0004.keras")
-    assert [o.key.rsplit("/", 1)[1] for o in second.artifacts.list(f"{second.prefix}/state/")] == [
-        "best.json", "epoch-0004.keras", "state.json"
-    ]
+    kept = {o.key.rsplit("/", 1)[1] for o in second.artifacts.list(f"{second.prefix}/state/")}
+    assert kept == {f"epoch-{resumed.best_epoch:04d}.keras", "epoch-0004.keras", "state.json"}  # best + last
 
     # The same job never interrupted: the resumed run ends with the same numbers.
     straight_reports: list[EpochReport] = []
@@ -245,16 +247,29 @@ def test_a_job_stopped_before_its_first_epoch_and_a_finished_job_rerun(tmp_path,
     assert again.metrics == done.metrics
 
 
-def test_a_best_model_lost_between_state_and_upload_is_republished(tmp_path, tiny_dataset):
-    spec = tiny_spec(training={"epochs": 2})
-    ctx = context(tmp_path, spec, tiny_dataset, **StopInEpoch(2).fields())
-    assert run_job(ctx).epochs_run == 1
-    ctx.artifacts.delete(f"{ctx.prefix}/best.keras")  # as if the worker died right after the state commit
-    ctx.artifacts.delete(f"{ctx.prefix}/state/best.json")
-    ctx.artifacts.delete(f"{ctx.prefix}/log.csv")
-    again = run_job(context(tmp_path, spec, tiny_dataset, should_stop=lambda: "preempted"))
-    assert again.outcome == "stopped" and again.epochs_run == 1
-    assert ctx.artifacts.exists(f"{ctx.prefix}/best.keras") and len(csv_rows(ctx)) == 1
+def test_best_keras_is_published_at_completion_from_the_state_and_again_after_a_crash(tmp_path, tiny_dataset):
+    """Nothing reads best.keras before the job succeeds: it appears once, when the job completes,
+    as the best epoch's model kept in the state. A worker that died after the last state commit
+    (before the publish and the CSV upload) leaves a job whose next attempt only publishes."""
+    store = LocalArtifactStore(tmp_path / "artifacts")
+    best_key = f"{job_prefix('study-1', 'job-1')}/best.keras"
+    published_during_training: list[bool] = []
+    spec = tiny_spec(training={"epochs": 3})
+    ctx = context(tmp_path, spec, tiny_dataset, artifacts=store,
+                  on_epoch=lambda report: published_during_training.append(store.exists(best_key)))
+    first = run_job(ctx)
+    assert first.outcome == "completed" and first.checkpoint == best_key and published_during_training == [False] * 3
+    best_state = f"{ctx.prefix}/state/epoch-{first.best_epoch:04d}.keras"
+    assert store.get_bytes(best_key) == store.get_bytes(best_state)  # the classifier as it trained
+    assert load_model(store.root / best_key).output_shape == (None, 3)
+
+    store.delete(best_key)  # the worker "died" right after the last state commit
+    store.delete(f"{ctx.prefix}/log.csv")
+    reports: list[EpochReport] = []
+    again = run_job(context(tmp_path, spec, tiny_dataset, artifacts=store, work_dir=tmp_path / "host-2",
+                            on_epoch=reports.append))
+    assert (again.outcome, again.epochs_run, again.best_epoch, reports) == ("completed", 3, first.best_epoch, [])
+    assert store.get_bytes(best_key) == store.get_bytes(best_state) and len(csv_rows(ctx)) == 3
 
 
 def test_augmentation_and_data_fraction_train(tmp_path, tiny_dataset):

@@ -4,6 +4,10 @@
   file in the local cache, then memory-mapped: no epoch re-decodes a JPEG, and a dataset larger
   than memory stays on disk. The file is written to a temporary name and renamed into place, so
   two workers on one host may race to build it and both end with a complete file.
+- Before anything is decoded, every image's header is checked (`shared.datasets.images`): a
+  format TensorFlow decodes, and no more pixels than the process's limit (the worker's
+  `max_image_pixels`), so that a decompression bomb in an uploaded dataset fails the job with
+  one line naming the file instead of taking gigabytes of memory.
 - The validation split is a seeded stratified split of the train split.
 - Each epoch draws its batches by index from a permutation seeded by (seed, epoch): the order is
   reproducible, identical when a job resumes on another host, and identical whether the model
@@ -24,6 +28,7 @@ import tensorflow as tf
 from keras import layers
 from pydantic import ValidationError
 
+from shared.datasets.images import SUPPORTED_FORMATS, check_image
 from shared.errors import BadInputError, PermanentError
 from shared.jobs import Augmentation
 from shared.manifest import MANIFEST_NAME, Manifest, Split
@@ -33,7 +38,6 @@ from worker.training.stopping import ShouldStop, check
 RESIZE_METHOD = "bilinear-antialias"  # part of every cache key: a change invalidates the caches
 CACHE_VERSION = 1
 DECODE_BATCH = 128
-TF_FORMATS = frozenset({"PNG", "JPEG", "GIF", "BMP"})  # what tf.io.decode_image reads
 
 
 def load_manifest(dataset_dir: Path) -> Manifest:
@@ -68,7 +72,8 @@ def load_images(
     should_stop: ShouldStop | None = None,
 ) -> np.ndarray:
     """The split's images as a read-only (N, S, S, 3) uint8 array, memory-mapped from the cache.
-    Decoding polls `should_stop` between batches (StopRequested)."""
+    Decoding polls `should_stop` between batches (StopRequested). Every header is checked
+    first: BadInputError names the first file that is not a decodable format or is too large."""
     files = split_files(manifest, split)
     shape = (len(files.paths), image_size, image_size, 3)
     name = f"images-{manifest.checksum[:24]}-{split}-{image_size}-{RESIZE_METHOD}-v{CACHE_VERSION}.npy"
@@ -80,6 +85,8 @@ def load_images(
     missing = [str(p) for p in local if not p.is_file()]
     if missing:
         raise PermanentError(f"dataset {dataset_dir} is missing {len(missing)} files, e.g. {missing[0]}")
+    for image in local:
+        check_image(image)  # from the header, before TensorFlow allocates what it claims
     _decode_into(path, local, shape, should_stop)
     return np.load(path, mmap_mode="r")
 
@@ -135,18 +142,16 @@ def decode_image(path: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def _decode_error(files: Sequence[Path], exc: Exception) -> PermanentError:
-    """Name the file TensorFlow could not decode (its error does not say which)."""
+    """Name the file TensorFlow could not decode (its error does not say which). Every header
+    passed `check_image`, so decoding each with Pillow is bounded by the pixel limit."""
     from PIL import Image
 
     for path in files:
         try:
-            with Image.open(path) as image:
+            with Image.open(path, formats=SUPPORTED_FORMATS) as image:
                 image.load()
-                kind = image.format
-        except Exception as bad:
+        except Exception as bad:  # whatever Pillow raises for a corrupt body: name the file
             return BadInputError(f"cannot decode image {path}: {bad}")
-        if kind not in TF_FORMATS:
-            return BadInputError(f"image {path} is {kind}; supported formats: {', '.join(sorted(TF_FORMATS))}")
     return PermanentError(f"cannot decode the dataset's images: {exc}")
 
 

@@ -12,12 +12,13 @@ import io
 import json
 import time
 
+import keras
 import numpy as np
 
 from shared.errors import PermanentError
 from shared.manifest import Manifest
 from worker.training import data
-from worker.training.context import JobContext, JobResult
+from worker.job import JobContext, JobOutcome, JobResult, StopReason
 from worker.training.inputs import load_parent, parent_checkpoint_key
 from worker.training.models import count_params
 from worker.training.stopping import StopPoller, StopRequested
@@ -43,7 +44,7 @@ def evaluate(ctx: JobContext, manifest: Manifest, started: float) -> JobResult:
     artifacts = _write_reports(ctx, manifest, files, probabilities, scores)
     total, trainable = count_params(model)
     return JobResult(
-        outcome="completed",
+        outcome=JobOutcome.COMPLETED,
         stop_reason=None,
         epochs_run=0,
         best_epoch=None,
@@ -93,6 +94,6 @@ def _write_reports(
     return keys
 
 
-def _stopped(ctx: JobContext, model, reason: str, started: float) -> JobResult:
+def _stopped(ctx: JobContext, model: keras.Model, reason: StopReason, started: float) -> JobResult:
     total, trainable = count_params(model)
-    return JobResult("stopped", reason, 0, None, {}, time.monotonic() - started, total, trainable, None, {})
+    return JobResult(JobOutcome.STOPPED, reason, 0, None, {}, time.monotonic() - started, total, trainable, None, {})

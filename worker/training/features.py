@@ -18,7 +18,7 @@ The weights part of the key names the base's weights without building the base (
 seconds): "imagenet" (fixed per Keras version, which the key holds), a weights file by its
 sha256, or a random init by its seed. A job that hits the entry never builds the base while
 it trains: it fits the head alone and assembles the complete model once, at the end, from the
-entry's base weights (a base built once per process and entry, see `Entry.base_model`).
+entry's base weights (a base built once per worker process and entry, see `BaseCache`).
 """
 
 from __future__ import annotations
@@ -86,16 +86,22 @@ def entry_key(spec: JobSpec, weights_id: str, dataset_checksum: str) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
-# The base of the entry this process used last, by entry key: a worker runs the jobs of a study
-# one after another, and building a base (seconds) once per entry instead of once per job is
-# what keeps head-only jobs cheap. One entry only: bases are large.
-_BASES: dict[str, keras.Model] = {}
+class BaseCache:
+    """The base of the feature-cache entry used last, by entry key. Owned by whoever runs one
+    job after another (`runner.JobRunner`, one per worker process): a worker runs the jobs of a
+    study in turn, and building a base (seconds) once per entry instead of once per job is what
+    keeps head-only jobs cheap. One entry only: bases are large."""
 
+    def __init__(self) -> None:
+        self._key: str | None = None
+        self._base: keras.Model | None = None
 
-def _remember_base(key: str, base: keras.Model) -> keras.Model:
-    _BASES.clear()
-    _BASES[key] = base
-    return base
+    def get(self, key: str) -> keras.Model | None:
+        return self._base if key == self._key else None
+
+    def remember(self, key: str, base: keras.Model) -> keras.Model:
+        self._key, self._base = key, base
+        return base
 
 
 @dataclass
@@ -105,6 +111,7 @@ class Entry:
     manifest: dict[str, Any]
     features: np.ndarray  # read-only, memory-mapped
     local_dir: Path  # this host's copy of the entry's files
+    bases: BaseCache  # where the entry's base is kept between jobs
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
@@ -116,23 +123,25 @@ class Entry:
 
     def base_model(self, spec: JobSpec, artifacts: ArtifactStore) -> keras.Model:
         """The very base the features came from (a random-init base is not guaranteed to come
-        out the same on another host), built once per process."""
-        if self.key in _BASES:
-            return _BASES[self.key]
+        out the same on another host), built once per `BaseCache`."""
+        cached = self.bases.get(self.key)
+        if cached is not None:
+            return cached
         local = self.local_dir / self.manifest["base_weights"]
         if not local.is_file():
             artifacts.get_file(f"{self.prefix}/{self.manifest['base_weights']}", local)
         model_spec = spec.model.model_copy(update={"weights": None})
         base = build_base(architecture(spec.model.architecture), model_spec, None)
         load_weights_strictly(base, local, f"feature cache base weights {self.prefix}", "the job's base")
-        return _remember_base(self.key, base)
+        return self.bases.remember(self.key, base)
 
 
 class FeatureCache:
-    def __init__(self, artifacts: ArtifactStore, prefix: str, local_dir: Path) -> None:
+    def __init__(self, artifacts: ArtifactStore, prefix: str, local_dir: Path, bases: BaseCache | None = None) -> None:
         self.artifacts = artifacts
         self.prefix = prefix.rstrip("/")
         self.local_dir = Path(local_dir)
+        self.bases = bases if bases is not None else BaseCache()
 
     def get_or_build(
         self, spec: JobSpec, weights_path: Path | None, dataset_checksum: str, labels: np.ndarray,
@@ -160,7 +169,7 @@ class FeatureCache:
         local = self._local(key) / manifest["features"]
         if not local.is_file():
             self._download(f"{prefix}/{manifest['features']}", local, manifest["features_sha256"])
-        return Entry(key, prefix, manifest, np.load(local, mmap_mode="r"), local.parent)
+        return Entry(key, prefix, manifest, np.load(local, mmap_mode="r"), local.parent, self.bases)
 
     def _download(self, key: str, local: Path, sha256: str) -> None:
         temp = local.with_name(f".tmp-{uuid.uuid4().hex}-{local.name}")
@@ -208,8 +217,8 @@ class FeatureCache:
             "created_at": time.time(),
         }
         if self.artifacts.put_bytes(f"{prefix}/manifest.json", json.dumps(manifest).encode(), if_absent=True):
-            _remember_base(key, base)
-            return Entry(key, prefix, manifest, np.load(features_path, mmap_mode="r"), features_path.parent)
+            self.bases.remember(key, base)
+            return Entry(key, prefix, manifest, np.load(features_path, mmap_mode="r"), features_path.parent, self.bases)
         log.info("feature cache %s: another worker committed it first; using theirs", key)
         for uploaded_key in uploaded:
             self.artifacts.delete(uploaded_key)

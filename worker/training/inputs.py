@@ -7,20 +7,18 @@ from pathlib import Path, PurePosixPath
 import keras
 
 from shared.errors import BadInputError, PermanentError
-from shared.paths import check_key
-from worker.training.context import JobContext
+from shared.ports import ArtifactStore
+from worker.job import JobContext
 from worker.training.models import load_model
 
 
-def weights_key(weights: str) -> str:
-    """An artifact key from the spec's weights string: a key, or an s3:// URI of one."""
-    key = weights
-    if key.startswith("s3://"):
-        key = key[len("s3://") :].partition("/")[2]  # drop the bucket: keys are bucket-relative
+def weights_key(artifacts: ArtifactStore, weights: str) -> str:
+    """The artifact key of the spec's weights file, by the store's one parser: a key,
+    `artifacts:<key>` or `s3://bucket/<root>/<key>` (the store's root is not repeated)."""
     try:
-        return check_key(key)
+        return artifacts.key_for(weights)
     except BadInputError as exc:
-        raise PermanentError(f"weights {weights!r} is not an artifact key: {exc}") from None
+        raise PermanentError(f"weights: {exc}") from None
 
 
 def fetch_weights(ctx: JobContext) -> Path | None:
@@ -28,7 +26,7 @@ def fetch_weights(ctx: JobContext) -> Path | None:
     weights = ctx.spec.model.weights
     if weights is None or weights == "imagenet":
         return None
-    key = weights_key(weights)
+    key = weights_key(ctx.artifacts, weights)
     if not ctx.artifacts.exists(key):
         raise PermanentError(f"weights file {weights!r} does not exist in the artifact store")
     local = Path(ctx.work_dir) / "weights" / PurePosixPath(key).name

@@ -227,11 +227,6 @@ def find_base(model: keras.Model) -> InferenceBase | None:
     return None
 
 
-def feature_extractor(model: keras.Model) -> keras.Model:
-    """Preprocessing + base of a complete transfer model."""
-    return keras.Model(model.input, model.get_layer(BASE_LAYER).output, name="features")
-
-
 def head_layer_names(model: keras.Model) -> list[str]:
     present = {layer.name for layer in model.layers}
     return [name for name in HEAD_LAYERS if name in present]

@@ -3,7 +3,8 @@
 Three shapes of session, one training loop:
 - train through the model (benchmark CNN, augmentation, feature cache off): fit the classifier;
 - train on cached features: fit the head alone on the base's outputs; the complete classifier
-  (the entry's base + the best epoch's head) is assembled once, when the job completes;
+  (the entry's base + the best epoch's head) is assembled once, when the job completes
+  (train.publish_best);
 - fine-tune: fit the parent's best model with the top of its base unfrozen.
 A resumed session takes the model (with optimizer state) and progress from `state/`.
 """
@@ -19,7 +20,7 @@ from shared.errors import PermanentError
 from shared.manifest import Manifest
 from shared.optimizers import OptimizerSpec
 from worker.training import data, features
-from worker.training.context import JobContext
+from worker.job import JobContext
 from worker.training.finetune import unfreeze
 from worker.training.inputs import fetch_weights, load_parent
 from worker.training.models import architecture, build_model, count_params, head_classifier, load_model
@@ -37,10 +38,6 @@ class Session:
     progress: Progress
     entry: features.Entry | None = None  # the feature-cache entry that the head trains on
 
-    @property
-    def on_features(self) -> bool:
-        return self.entry is not None
-
     def params(self) -> tuple[int, int]:
         """(total, trainable) parameters of the complete classifier."""
         total, trainable = count_params(self.trainer)
@@ -51,7 +48,8 @@ def compile_model(model: keras.Model, optimizer: OptimizerSpec) -> None:
     model.compile(optimizer=make_optimizer(optimizer), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 
-def open_session(ctx: JobContext, manifest: Manifest, states: StateStore) -> Session:
+def open_session(ctx: JobContext, manifest: Manifest, states: StateStore, bases: features.BaseCache) -> Session:
+    """The session of a new or resumed job; `bases` keeps a feature-cache base between jobs."""
     spec = ctx.spec
     progress = states.load()
     labels = data.split_files(manifest, "train").labels
@@ -63,20 +61,21 @@ def open_session(ctx: JobContext, manifest: Manifest, states: StateStore) -> Ses
         images = _images(ctx, manifest, trainer.input_shape[1])
         return Session(trainer, images, labels, train_idx, val_idx, progress or Progress())
     if progress is None:
-        return _new_train(ctx, manifest, labels, train_idx, val_idx)
-    return _resumed_train(ctx, manifest, labels, train_idx, val_idx, progress, states)
+        return _new_train(ctx, manifest, labels, train_idx, val_idx, bases)
+    return _resumed_train(ctx, manifest, labels, train_idx, val_idx, progress, states, bases)
 
 
 def _images(ctx: JobContext, manifest: Manifest, image_size: int) -> np.ndarray:
     return data.load_images(ctx.dataset_dir, manifest, "train", image_size, ctx.local_cache_dir, ctx.should_stop)
 
 
-def _cache(ctx: JobContext) -> features.FeatureCache:
-    return features.FeatureCache(ctx.artifacts, ctx.feature_cache_prefix, ctx.local_cache_dir / "features")
+def _cache(ctx: JobContext, bases: features.BaseCache) -> features.FeatureCache:
+    return features.FeatureCache(ctx.artifacts, ctx.feature_cache_prefix, ctx.local_cache_dir / "features", bases)
 
 
 def _new_train(
-    ctx: JobContext, manifest: Manifest, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray
+    ctx: JobContext, manifest: Manifest, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+    bases: features.BaseCache,
 ) -> Session:
     spec = ctx.spec
     if not features.applies(spec):
@@ -84,7 +83,7 @@ def _new_train(
         compile_model(model, spec.optimizer)
         images = _images(ctx, manifest, spec.model.image_size)
         return Session(model, images, labels, train_idx, val_idx, Progress())
-    entry = _cache(ctx).get_or_build(
+    entry = _cache(ctx, bases).get_or_build(
         spec, fetch_weights(ctx), manifest.checksum, labels,
         lambda: _images(ctx, manifest, spec.model.image_size), ctx.should_stop,
     )
@@ -96,13 +95,13 @@ def _new_train(
 
 def _resumed_train(
     ctx: JobContext, manifest: Manifest, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
-    progress: Progress, states: StateStore,
+    progress: Progress, states: StateStore, bases: features.BaseCache,
 ) -> Session:
     trainer = _load_state_model(states, progress)
     if progress.feature_cache is None:
         images = _images(ctx, manifest, ctx.spec.model.image_size)
         return Session(trainer, images, labels, train_idx, val_idx, progress)
-    entry = _cache(ctx).open(progress.feature_cache, labels)
+    entry = _cache(ctx, bases).open(progress.feature_cache, labels)
     if entry is None:
         raise PermanentError(f"feature cache entry {progress.feature_cache} that this job trained on is gone")
     return Session(trainer, entry.features, labels, train_idx, val_idx, progress, entry)

@@ -1,10 +1,12 @@
-"""Resumable training state: progress, early stopping and the best checkpoint, kept in the artifact store.
+"""Resumable training state: progress, early stopping and the best epoch's model, kept in the artifact store.
 
 At the end of every epoch the job saves the model it trains (weights and optimizer state, as a
 `.keras` file named after the epoch) and then `state/state.json`, which names that file: the
 JSON is the commit point, so a worker killed at any instant leaves either the previous complete
-state or the new one. Keras's own EarlyStopping/ModelCheckpoint keep their state in memory for
-one `fit` call; here that state (wait counter, best values, best epoch, every epoch's metrics)
+state or the new one. The state keeps two model files at most: the last epoch's (to resume
+from) and the best epoch's (from which `best.keras` is published once, when the job
+completes). Keras's own EarlyStopping/ModelCheckpoint keep their state in memory for one `fit`
+call; here that state (wait counter, best values, best epoch, every epoch's metrics)
 travels in the JSON so that a job resumed on another host behaves as if it had never stopped.
 """
 
@@ -68,7 +70,7 @@ class Progress:
     wait: int = 0  # early stopping: epochs since the last improvement
     stopped_early: bool = False
     model_key: str | None = None  # the saved training model of the last completed epoch
-    best_model_key: str | None = None  # the saved training model of the best epoch, when kept
+    best_model_key: str | None = None  # the saved training model of the best epoch
     feature_cache: str | None = None  # the feature-cache entry that head-only training reads
     rng: list[list[int]] = field(default_factory=list)  # the model's seed-generator states (Dropout)
 
@@ -136,10 +138,9 @@ class StateStore:
         self.artifacts.get_file(key, local)
         return local
 
-    def save(self, progress: Progress, model: keras.Model, keep_best: bool = False) -> None:
-        """Commit the epoch just recorded in `progress`. `keep_best` also keeps the best epoch's
-        model file (small for a head on cached features), from which the complete best model is
-        assembled once, at the end, instead of at every improvement."""
+    def save(self, progress: Progress, model: keras.Model) -> None:
+        """Commit the epoch just recorded in `progress`, keeping the best epoch's model file
+        (named by `best_model_key`) beside the last one and deleting any other."""
         superseded = {progress.model_key, progress.best_model_key}
         name = f"epoch-{progress.epoch:04d}.keras"
         local = self.work_dir / name
@@ -147,23 +148,13 @@ class StateStore:
         model.save(local)  # a compiled model: weights AND optimizer state (iterations, moments)
         progress.rng = rng_state(model)
         progress.model_key = f"{self.prefix}/{name}"
-        if keep_best and progress.best_epoch == progress.epoch:
+        if progress.best_epoch == progress.epoch:
             progress.best_model_key = progress.model_key
         self.artifacts.put_file(local, progress.model_key)
         self.artifacts.put_bytes(self.state_key, progress.to_json())  # the commit point
         local.unlink(missing_ok=True)
         for key in superseded - {progress.model_key, progress.best_model_key, None}:
             self.artifacts.delete(key)
-
-    def published_best(self) -> int | None:
-        """The epoch whose model `best.keras` holds, as far as the store knows."""
-        try:
-            return json.loads(self.artifacts.get_bytes(f"{self.prefix}/best.json"))["epoch"]
-        except NotFoundError:
-            return None
-
-    def mark_published(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.artifacts.put_bytes(f"{self.prefix}/best.json", json.dumps({"epoch": epoch, "metrics": metrics}).encode())
 
 
 def _seed_states(model: keras.Model) -> list[keras.Variable]:

@@ -10,24 +10,23 @@ resume from the last saved state.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import keras
 
-ShouldStop = Callable[[], "str | None"]
+from worker.job import ShouldStop, StopReason
 
 
 class StopRequested(Exception):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: StopReason) -> None:
         super().__init__(reason)
         self.reason = reason
 
 
 def check(should_stop: ShouldStop | None) -> None:
-    """Raise StopRequested if the worker asked the job to stop."""
+    """Raise StopRequested if the worker asked the job to stop (with a reason outside
+    `StopReason`, ValueError: a misspelt reason must never pass for a known one)."""
     reason = should_stop() if should_stop is not None else None
-    if reason:
-        raise StopRequested(reason)
+    if reason is not None:
+        raise StopRequested(StopReason(reason))
 
 
 class StopPoller(keras.callbacks.Callback):

@@ -8,20 +8,20 @@ a resumed job does not have; `state.Progress` does their work and is saved with 
 A stop request (see stopping.py) abandons the epoch in progress: a resumed job redoes it from
 the last saved state.
 
-`best.keras` is the complete classifier of the best epoch. Training through the model saves it
-at every improvement (the state keeps only the last epoch's model). A head trained on cached
-features keeps its best epoch's (small) model in the state instead, and the complete classifier
-is assembled and saved once, when the job completes: a base is seconds to build and save.
+`best.keras` is the complete classifier of the best epoch, published once, when the job
+completes: nothing reads it before the job succeeds. Until then the saved state keeps the best
+epoch's model beside the last one (state.py), whatever the session trains: the classifier
+itself, or a head on cached features, which is then assembled with the entry's base.
 """
 
 from __future__ import annotations
 
 import time
 
-import keras
+import tensorflow as tf
 
+from worker.job import EpochReport, JobContext, JobOutcome, JobResult, StopReason
 from worker.training import data, features
-from worker.training.context import EpochReport, JobContext, JobResult
 from worker.training.logs import EpochLogs
 from worker.training.models import load_model
 from worker.training.sessions import Session
@@ -30,34 +30,42 @@ from worker.training.stopping import StopPoller, StopRequested, check
 
 
 def train(ctx: JobContext, session: Session, states: StateStore, started: float) -> JobResult:
+    logs = EpochLogs.for_job(ctx)  # also the job's HParams session (logs.py)
+    try:
+        if session.progress.epoch:  # a worker may have died between a state commit and its CSV upload
+            logs.write_csv(session.progress.history)
+        reason = _fit_epochs(ctx, session, states, logs)
+    finally:
+        logs.close()
+    if reason is not None:
+        return _result(ctx, session, JobOutcome.STOPPED, reason, started)
+    publish_best(ctx, session, states)
+    return _result(ctx, session, JobOutcome.COMPLETED, None, started)
+
+
+def _fit_epochs(ctx: JobContext, session: Session, states: StateStore, logs: EpochLogs) -> StopReason | None:
+    """Train until the job is done; the reason if the worker asked it to stop first."""
     spec = ctx.spec.training
     monitor = Monitor.from_spec(spec.early_stopping)
-    logs = EpochLogs(ctx.artifacts, ctx.prefix, ctx.work_dir)
     progress = session.progress
-    _repair_after_crash(ctx, session, states, logs)
     batches = data.Batches(session.inputs, session.labels, spec.batch_size)
     validation = batches.epoch(session.val_idx)
     poller = StopPoller(ctx.should_stop)
-    try:
-        while not progress.finished(spec.epochs):
-            epoch_started = time.monotonic()
-            try:
-                check(ctx.should_stop)
-                metrics = _fit_one_epoch(ctx, session, batches, validation, poller)
-            except StopRequested as stop:
-                return _result(ctx, session, "stopped", stop.reason, started)
-            seconds = time.monotonic() - epoch_started
-            improved = progress.record(monitor, metrics, seconds)
-            _end_of_epoch(ctx, session, states, logs, improved, EpochReport(progress.epoch, metrics, seconds))
-    finally:
-        logs.close()
-    if session.on_features:
-        _publish_assembled_best(ctx, session, states)
-    return _result(ctx, session, "completed", None, started)
+    while not progress.finished(spec.epochs):
+        epoch_started = time.monotonic()
+        try:
+            check(ctx.should_stop)
+            metrics = _fit_one_epoch(ctx, session, batches, validation, poller)
+        except StopRequested as stop:
+            return stop.reason
+        seconds = time.monotonic() - epoch_started
+        progress.record(monitor, metrics, seconds)
+        _end_of_epoch(ctx, session, states, logs, EpochReport(progress.epoch, metrics, seconds))
+    return None
 
 
 def _fit_one_epoch(
-    ctx: JobContext, session: Session, batches: data.Batches, validation, poller: StopPoller
+    ctx: JobContext, session: Session, batches: data.Batches, validation: tf.data.Dataset, poller: StopPoller
 ) -> dict[str, float]:
     spec = ctx.spec.training
     epoch = session.progress.epoch  # 0-based index of the epoch about to run
@@ -75,54 +83,46 @@ def _fit_one_epoch(
     return {name: float(values[-1]) for name, values in history.history.items()}
 
 
-def _end_of_epoch(
-    ctx: JobContext, session: Session, states: StateStore, logs: EpochLogs, improved: bool, report: EpochReport
-) -> None:
-    """Order matters: the state commit comes first, so that everything after it can be redone
-    from the state if the worker dies halfway (see _repair_after_crash). The epoch is reported
-    right after the commit, before the uploads: a worker killed during the uploads would
-    otherwise leave a resumed job without that epoch's metrics in the store (nothing re-reports it)."""
-    progress = session.progress
-    states.save(progress, session.trainer, keep_best=session.on_features)
+def _end_of_epoch(ctx: JobContext, session: Session, states: StateStore, logs: EpochLogs, report: EpochReport) -> None:
+    """Order matters: the state commit comes first (the best epoch's model with it), and the
+    epoch is reported right after it, before the uploads: a worker killed during the uploads
+    would otherwise leave a resumed job without that epoch's metrics in the store (nothing
+    re-reports it). The CSV is rewritten from the saved history when the job resumes."""
+    states.save(session.progress, session.trainer)
     ctx.on_epoch(report)
-    if improved and not session.on_features:
-        _publish_best(ctx, session.trainer, states, progress)
-    logs.write_epoch(progress.history)
+    logs.write_epoch(session.progress.history)
 
 
-def _publish_best(ctx: JobContext, model: keras.Model, states: StateStore, progress: Progress) -> None:
-    local = ctx.work_dir / "best.keras"
-    local.parent.mkdir(parents=True, exist_ok=True)
-    model.save(local)
+def publish_best(ctx: JobContext, session: Session, states: StateStore) -> None:
+    """Save `best.keras` from the state's best epoch: the model as it is, or, for a head trained
+    on cached features, the entry's base with that head. Done by every attempt that completes
+    the job, so a worker that died after the last state commit leaves a job whose next attempt
+    publishes (and only publishes)."""
+    progress = session.progress
+    key = _best_state_key(progress)
+    if key is None:
+        return
+    local = states.model_path(progress, key)
+    if session.entry is not None:
+        model = features.complete_model(session.entry, ctx.spec, load_model(local), ctx.artifacts)
+        local = ctx.work_dir / "best.keras"
+        model.save(local)
     ctx.artifacts.put_file(local, f"{ctx.prefix}/best.keras")
-    states.mark_published(progress.best_epoch, progress.best_metrics())
 
 
-def _publish_assembled_best(ctx: JobContext, session: Session, states: StateStore) -> None:
-    """The entry's base + the best epoch's head, unless an earlier attempt published it."""
-    progress = session.progress
-    if progress.best_epoch is None or states.published_best() == progress.best_epoch:
-        return
-    head = load_model(states.model_path(progress, progress.best_model_key))
-    model = features.complete_model(session.entry, ctx.spec, head, ctx.artifacts)
-    _publish_best(ctx, model, states, progress)
+def _best_state_key(progress: Progress) -> str | None:
+    """The saved model of the best epoch; None when no epoch was ever best (a monitored value
+    that is NaN throughout). A state saved before the best epoch's model was kept names none:
+    its worker published `best.keras` itself at every improvement, unless the best epoch is the
+    last one, whose model the state holds."""
+    if progress.best_model_key is None and progress.best_epoch == progress.epoch:
+        return progress.model_key
+    return progress.best_model_key
 
 
-def _repair_after_crash(ctx: JobContext, session: Session, states: StateStore, logs: EpochLogs) -> None:
-    """A worker may die between the state commit and the uploads that follow it. The only best
-    model that can then be missing is the one of the last saved epoch, which is the model just
-    loaded; and the CSV is rebuilt from the saved history. (A head on cached features publishes
-    its best at the end: nothing to repair here.)"""
-    progress = session.progress
-    if progress.epoch == 0:
-        return
-    if progress.best_epoch is not None and not session.on_features and states.published_best() != progress.best_epoch:
-        if progress.best_epoch == progress.epoch:
-            _publish_best(ctx, session.trainer, states, progress)
-    logs.write_csv(progress.history)
-
-
-def _result(ctx: JobContext, session: Session, outcome: str, reason: str | None, started: float) -> JobResult:
+def _result(
+    ctx: JobContext, session: Session, outcome: JobOutcome, reason: StopReason | None, started: float
+) -> JobResult:
     progress = session.progress
     total, trainable = session.params()
     artifacts = {
@@ -136,12 +136,12 @@ def _result(ctx: JobContext, session: Session, outcome: str, reason: str | None,
 
 
 def progress_result(
-    ctx: JobContext, progress: Progress, outcome: str, reason: str | None, started: float,
+    ctx: JobContext, progress: Progress, outcome: JobOutcome, reason: StopReason | None, started: float,
     total: int | None = None, trainable: int | None = None, artifacts: dict[str, str] | None = None,
 ) -> JobResult:
     """The JobResult that a job's saved progress stands for."""
     return JobResult(
-        outcome=outcome,  # type: ignore[arg-type]
+        outcome=outcome,
         stop_reason=reason,
         epochs_run=progress.epoch,
         best_epoch=progress.best_epoch,

@@ -19,10 +19,11 @@ configures in AWS, so that the two can be read (and tested) side by side:
   scale-in follows the backlog metric down as well, and instances running a job are
   protected from scale-in.
 
-Everything here is standard library only, reads no environment and does no I/O.
-The defaults below are the defaults of the Terraform variables of the same meaning
-(``target_backlog_per_instance``, ``worker_idle_timeout_s``, the step table size); CI
-checks that they agree.
+Everything here is standard library only, reads no environment and does no I/O. It lives
+beside the Terraform checks because it is their specification: nothing at runtime uses it (the
+fleet scales in AWS, by the policies Terraform writes). The defaults below are the defaults of
+the Terraform variables of the same meaning (``target_backlog_per_instance``,
+``worker_idle_timeout_s``, the step table size); ``test_terraform.py`` checks that they agree.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The scaling rule (shared/scaling.py): the same rule terraform/autoscaling.tf configures."""
+"""The scaling rule (ci/infra/scaling.py): the same rule terraform/autoscaling.tf configures."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from shared.scaling import (
+from scaling import (
     DEFAULT_MAX_SIZE,
     DEFAULT_SCALE_TO_ZERO_AFTER_S,
     DEFAULT_TARGET_BACKLOG_PER_INSTANCE,
