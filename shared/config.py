@@ -18,7 +18,10 @@ class BackendConfig(BaseModel):
     backend: Literal["local", "aws"] = "local"
     home: Path = Path(".spotsweep")  # the embedded backend's state directory
     lease_s: float = Field(300.0, gt=0)  # visibility timeout and lease length; heartbeat every third
-    max_receives: int = Field(5, ge=1)  # deliveries before the dead-letter queue
+    # Deliveries before the queue itself dead-letters a message: a backstop for messages that kill
+    # every worker that takes them. A job's own failures are counted in the store (max_failures).
+    max_receives: int = Field(20, ge=1)
+    max_failures: int = Field(3, ge=1)  # a job's own errors before it is FAILED (and dead-lettered)
     price_per_hour: float | None = Field(None, ge=0)  # overrides the spot price in cost figures
     stack: str = "spotsweep"
     region: str | None = None

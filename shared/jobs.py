@@ -320,6 +320,10 @@ class JobRecord(BaseModel):
     artifacts: dict[str, str] = {}
     error: str | None = None
     preemptions: int = 0
+    handoffs: int = 0  # long jobs handed to a fresh message before the queue's visibility limit
+    failures: int = 0  # the job's OWN errors (retryable ones included); kills and preemptions never count
+    enqueued_at: float | None = None  # when a message for it was last sent; None: none may exist
+    state_key: str | None = None  # the committed training state (attempt-scoped), written fenced
     cancel_requested: bool = False
 
     @property

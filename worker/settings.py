@@ -26,6 +26,12 @@ class WorkerSettings(BackendConfig, BaseSettings):
     retry_backoff_s: float = Field(5.0, ge=0)  # base of the exponential backoff after a transient error
     # Images claiming more pixels (x frames) are refused from their header, before decoding.
     max_image_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1)
+    # SQS keeps a received message invisible for at most 12 h: a job running that long hands
+    # itself to a fresh message (like a preemption, not a failure) this long after its receipt.
+    max_message_age_s: float = Field(11.5 * 3600, gt=0)
+    breaker_threshold: int = Field(3, ge=1)  # consecutive failures on different jobs before the worker stops
+    reconcile_interval_s: float = Field(300.0, gt=0)  # how often an idle worker runs the reconciler
+    cache_max_bytes: int | None = Field(None, ge=0)  # bound on the local caches (None: no bound)
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
     @property
