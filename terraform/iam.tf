@@ -54,7 +54,6 @@ data "aws_iam_policy_document" "worker" {
       "dynamodb:PutItem",
       "dynamodb:UpdateItem",
       "dynamodb:Query",
-      "dynamodb:BatchWriteItem",
       "dynamodb:BatchGetItem",
       "dynamodb:ConditionCheckItem",
       "dynamodb:DescribeTable",
@@ -110,14 +109,14 @@ data "aws_iam_policy_document" "worker" {
   }
 
   # Resource "*" (unavoidable): ec2:DescribeSpotPriceHistory and
-  # autoscaling:DescribeAutoScalingInstances do not support resource-level permissions;
+  # autoscaling:DescribeAutoScalingGroups do not support resource-level permissions;
   # AWS accepts only "*" for them. Both are read-only: the worker's cost accounting and
-  # finding its own group membership.
+  # its group's min_size (an idle worker does not leave a group at its minimum).
   statement {
     sid = "ReadOnlyDescribeUnscopable"
     actions = [
       "ec2:DescribeSpotPriceHistory",
-      "autoscaling:DescribeAutoScalingInstances",
+      "autoscaling:DescribeAutoScalingGroups",
     ]
     resources = ["*"]
   }
@@ -132,4 +131,115 @@ resource "aws_iam_policy" "worker" {
 resource "aws_iam_role_policy_attachment" "worker" {
   role       = aws_iam_role.worker.name
   policy_arn = aws_iam_policy.worker.arn
+}
+
+# Submitter policy: what `submit` does once the stack exists (study, status, leaderboard,
+# report, export, predict, finetune/evaluate, retry/cancel/repair, dataset upload), for the
+# stack's users to attach (output `submitter_policy_arn`). `terraform apply` creates the
+# resources, so `submit init` and `submit deploy` stay with whoever runs Terraform.
+data "aws_iam_policy_document" "submitter" {
+  # Enqueue jobs; repair re-drives the dead-letter queue (receive there, send to the queue,
+  # delete there) and releases what it looked at (ChangeMessageVisibility).
+  statement {
+    sid = "JobQueue"
+    actions = [
+      "sqs:SendMessage",
+      "sqs:ReceiveMessage",
+      "sqs:DeleteMessage",
+      "sqs:ChangeMessageVisibility",
+      "sqs:GetQueueUrl",
+      "sqs:GetQueueAttributes",
+    ]
+    resources = [
+      aws_sqs_queue.jobs.arn,
+      aws_sqs_queue.dlq.arn,
+    ]
+  }
+
+  # Job records: the submission's transaction (PutItem, ConditionCheckItem), status changes
+  # (cancel, retry, repair), queries by study and by job id; no DeleteItem: records stay.
+  statement {
+    sid = "JobStore"
+    actions = [
+      "dynamodb:GetItem",
+      "dynamodb:PutItem",
+      "dynamodb:UpdateItem",
+      "dynamodb:Query",
+      "dynamodb:BatchGetItem",
+      "dynamodb:ConditionCheckItem",
+      "dynamodb:DescribeTable",
+    ]
+    resources = [
+      aws_dynamodb_table.jobs.arn,
+      "${aws_dynamodb_table.jobs.arn}/index/*",
+    ]
+  }
+
+  statement {
+    sid       = "ArtifactsList"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.artifacts.arn]
+  }
+
+  # Reads anywhere: checkpoints for export and predict, metrics for reports, datasets.
+  statement {
+    sid       = "ArtifactsRead"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.artifacts.arn}/*"]
+  }
+
+  # Writes only under datasets/ (`submit dataset upload`): a submitter's credentials cannot
+  # overwrite or delete a job's artifacts. DeleteObject: an upload first removes the old
+  # manifest, so that a half-replaced dataset is never taken for a complete one.
+  statement {
+    sid = "DatasetsWrite"
+    actions = [
+      "s3:PutObject",
+      "s3:DeleteObject",
+      "s3:AbortMultipartUpload",
+    ]
+    resources = ["${aws_s3_bucket.artifacts.arn}/datasets/*"]
+  }
+}
+
+resource "aws_iam_policy" "submitter" {
+  name        = "${var.stack}-submitter"
+  description = "spotsweep ${var.stack} submitter: enqueue and follow studies, upload datasets"
+  policy      = data.aws_iam_policy_document.submitter.json
+}
+
+# Container mode with an ECR image: exactly the pull actions (those of AWS's managed
+# AmazonEC2ContainerRegistryPullOnly policy), on the image's repository only. Created only when
+# worker_image names an ECR repository; the bootstrap logs in with `aws ecr get-login-password`.
+locals {
+  ecr_image = try(regex("^([0-9]{12})\\.dkr\\.ecr\\.([a-z0-9-]+)\\.amazonaws\\.com/([^:@]+)", var.worker_image), null)
+}
+
+data "aws_iam_policy_document" "worker_ecr" {
+  count = local.ecr_image == null ? 0 : 1
+
+  statement {
+    sid = "PullWorkerImage"
+    actions = [
+      "ecr:BatchGetImage",
+      "ecr:GetDownloadUrlForLayer",
+      "ecr:BatchCheckLayerAvailability",
+    ]
+    resources = ["arn:aws:ecr:${local.ecr_image[1]}:${local.ecr_image[0]}:repository/${local.ecr_image[2]}"]
+  }
+
+  # Resource "*" (unavoidable): ecr:GetAuthorizationToken supports no resource-level
+  # permission; the token alone grants nothing beyond the repository actions above.
+  statement {
+    sid       = "EcrLogin"
+    actions   = ["ecr:GetAuthorizationToken"]
+    resources = ["*"]
+  }
+}
+
+resource "aws_iam_role_policy" "worker_ecr" {
+  count  = local.ecr_image == null ? 0 : 1
+  name   = "${var.stack}-worker-ecr-pull"
+  role   = aws_iam_role.worker.id
+  policy = data.aws_iam_policy_document.worker_ecr[0].json
 }

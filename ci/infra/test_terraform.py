@@ -15,36 +15,27 @@ from tfmodel import blocks, default, dynamic, expr, one
 
 TF_FILES = sorted(p.name for p in tfmodel.TF_DIR.glob("*.tf"))
 
-# The calls the worker makes (shared/ and worker/ AWS adapters), and nothing more.
-WORKER_ACTIONS = {
-    "sqs:ReceiveMessage",
-    "sqs:DeleteMessage",
-    "sqs:ChangeMessageVisibility",
-    "sqs:SendMessage",
-    "sqs:GetQueueUrl",
-    "sqs:GetQueueAttributes",
-    "dynamodb:GetItem",
-    "dynamodb:PutItem",
-    "dynamodb:UpdateItem",
-    "dynamodb:Query",
-    "dynamodb:BatchWriteItem",
-    "dynamodb:BatchGetItem",
-    "dynamodb:ConditionCheckItem",  # TransactWriteItems' fence check (shared/backends/aws_dynamo.py)
-    "dynamodb:DescribeTable",  # open_aws checks the table at startup
-    "s3:GetObject",
-    "s3:PutObject",
-    "s3:DeleteObject",  # the previous epoch's state, a lost feature-cache race's uploads (worker/training/)
-    "s3:ListBucket",
-    "s3:AbortMultipartUpload",
-    "autoscaling:SetInstanceProtection",
-    "autoscaling:TerminateInstanceInAutoScalingGroup",
-    "ec2:DescribeSpotPriceHistory",
-    "autoscaling:DescribeAutoScalingInstances",
+# No hand-kept list of actions: tests/e2e/test_aws_iam.py runs a whole study with the worker and
+# submitter policies rendered from iam.tf under moto's IAM enforcement (a missing action fails
+# there), and the tests below check the other way: every action granted is one the code calls.
+# The calls an action authorizes, where AWS names them differently from the action.
+CALLS_OF_ACTION = {
+    "s3:ListBucket": ("list_objects_v2", "head_bucket"),
+    "s3:GetObject": ("get_object", "head_object", "download_file"),
+    "s3:PutObject": ("put_object", "upload_file"),
+    "s3:AbortMultipartUpload": ("upload_file",),  # a managed upload aborts its failed parts
+    "dynamodb:PutItem": ("put_item", "transact_write_items"),
+    "dynamodb:UpdateItem": ("update_item", "transact_write_items"),
+    "dynamodb:ConditionCheckItem": ("transact_write_items",),
+    "sqs:SendMessage": ("send_message", "send_message_batch"),
+    "sqs:DeleteMessage": ("delete_message", "delete_message_batch"),
+    "sqs:ChangeMessageVisibility": ("change_message_visibility", "change_message_visibility_batch"),
 }
+CODE_DIRS = ("shared", "worker", "submitter")
 # Where workers write: every job's artifacts (shared.paths.job_prefix) and the feature cache.
 WORKER_WRITE_PREFIXES = ("studies", "feature-cache")
 # Actions without resource-level permissions: AWS accepts only Resource "*".
-STAR_RESOURCE_ALLOWED = {"ec2:DescribeSpotPriceHistory", "autoscaling:DescribeAutoScalingInstances"}
+STAR_RESOURCE_ALLOWED = {"ec2:DescribeSpotPriceHistory", "autoscaling:DescribeAutoScalingGroups"}
 
 
 # --- the module as a whole ------------------------------------------------------------------
@@ -68,6 +59,7 @@ def test_standard_module_layout():
         "compute.tf",
         "autoscaling.tf",
         "alarms.tf",
+        "reconciler.tf",
         "README.md",
         "templates/user_data.sh.tftpl",
     ):
@@ -84,6 +76,7 @@ def test_one_concern_per_file(tf):
         "aws_launch_template.worker": "compute.tf",
         "aws_autoscaling_group.workers": "autoscaling.tf",
         "aws_cloudwatch_metric_alarm.dlq_not_empty": "alarms.tf",
+        "aws_lambda_function.reconciler": "reconciler.tf",
     }
     for address, filename in expected.items():
         assert tf.where[address] == filename, address
@@ -114,29 +107,27 @@ def test_key_variables_are_validated(tf, name):
 
 
 def _worker_package_pattern(tf) -> re.Pattern[str]:
-    """The validation regex that asks worker_package for the worker extra (HCL escapes undone)."""
+    """The validation regex for a pinned wheel key in worker_package (HCL escapes undone)."""
     for validation in blocks(tf.variables["worker_package"], "validation"):
-        found = re.search(r'regex\("(\^spotsweep.*)", var\.worker_package\)', validation["condition"])
+        found = re.search(r'regex\("(\^deploy/spotsweep.*?)", var\.worker_package\)', validation["condition"])
         if found:
             return re.compile(found.group(1).replace("\\\\", "\\"))
-    raise AssertionError("worker_package has no validation for the worker extra")
+    raise AssertionError("worker_package has no validation for a wheel key")
 
 
 @pytest.mark.parametrize(
-    ("requirement", "accepted"),
+    ("key", "accepted"),
     [
-        ("spotsweep[worker]", True),
-        ("spotsweep[worker]==0.1.0", True),
-        ("spotsweep[dev,worker] @ https://example.invalid/spotsweep-0.1.0-py3-none-any.whl", True),
-        ("spotsweep", False),  # the submitter alone: no TensorFlow on the instance
-        ("spotsweep==0.1.0", False),
-        ("spotsweep[dev]", False),
-        ("spotsweep @ https://example.invalid/spotsweep-0.1.0-py3-none-any.whl", False),
+        ("deploy/spotsweep-0.1.0-py3-none-any.whl", True),  # what `submit deploy worker` prints
+        ("spotsweep[worker]", False),  # a package index name: whoever registered it
+        ("spotsweep[worker] @ https://example.invalid/spotsweep-0.1.0-py3-none-any.whl", False),
+        ("deploy/reconciler-0.1.0-0123456789ab.zip", False),
+        ("datasets/spotsweep-0.1.0-py3-none-any.whl", False),
     ],
 )
-def test_worker_package_must_name_the_worker_extra(tf, requirement, accepted):
-    assert default(tf, "worker_package") == "spotsweep[worker]"
-    assert bool(_worker_package_pattern(tf).match(requirement)) is accepted
+def test_worker_package_is_the_bucket_wheel(tf, key, accepted):
+    assert default(tf, "worker_package") == ""  # the wheel deploy/worker-wheel.txt names
+    assert bool(_worker_package_pattern(tf).match(key)) is accepted
 
 
 def test_contract_defaults(tf):
@@ -287,10 +278,46 @@ def _worker_statements(tf):
     return blocks(tf.data["aws_iam_policy_document"]["worker"], "statement")
 
 
-def test_worker_policy_has_exactly_the_workers_actions(tf):
-    actions = [a for s in _worker_statements(tf) for a in s["actions"]]
+def _calls_in(dirs: tuple[str, ...]) -> set[str]:
+    """The AWS client methods the code calls: `.op(` and `get_paginator("op")`."""
+    calls: set[str] = set()
+    for name in dirs:
+        for path in (tfmodel.REPO / name).rglob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            calls |= set(re.findall(r"\.([a-z][a-z0-9_]+)\(", text))
+            calls |= set(re.findall(r'get_paginator\("([a-z0-9_]+)"\)', text))
+    return calls
+
+
+def _snake(name: str) -> str:
+    """An API operation's Python method name (as botocore's xform_name for these names)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _calls_of(action: str) -> tuple[str, ...]:
+    return CALLS_OF_ACTION.get(action, (_snake(action.split(":", 1)[1]),))
+
+
+@pytest.mark.parametrize("document", ["worker", "submitter"])
+def test_every_granted_action_is_one_the_code_calls(tf, document):
+    actions = [a for s in blocks(tf.data["aws_iam_policy_document"][document], "statement") for a in s["actions"]]
     assert len(actions) == len(set(actions)), "an action is granted twice"
-    assert set(actions) == WORKER_ACTIONS
+    calls = _calls_in(CODE_DIRS)
+    unused = [a for a in actions if not set(_calls_of(a)) & calls]
+    assert not unused, f"{document} policy grants actions no code calls: {unused}"
+
+
+def test_the_workers_own_aws_calls_are_granted(tf):
+    """worker/ talks to EC2 (pricing.py) and Auto Scaling (asg.py) itself; the adapters in shared/
+    are exercised under enforcement by tests/e2e/test_aws_iam.py (moto runs no instance for these)."""
+    granted = {a for s in _worker_statements(tf) for a in s["actions"]}
+    for service, filename, client in (("ec2", "pricing.py", "ec2_client"), ("autoscaling", "asg.py", "self.client")):
+        text = (tfmodel.REPO / "worker" / filename).read_text(encoding="utf-8")
+        methods = set(re.findall(rf"{re.escape(client)}\.([a-z_]+)\(", text))
+        assert methods, f"worker/{filename} no longer calls {client}"
+        for method in methods:
+            action = f"{service}:" + "".join(part.capitalize() for part in method.split("_"))
+            assert action in granted, f"worker/{filename} calls {method} but the worker policy lacks {action}"
 
 
 def test_no_wildcard_actions_anywhere(tf):
@@ -378,7 +405,9 @@ def test_ami_is_the_deep_learning_ami_by_name_and_overridable(tf):
     name_filter = next(v for k, v in filters.items() if "name" in k)
     assert "var.ami_name_pattern" in name_filter[0] and "var.ami_id" in name_filter[0]
     pattern = default(tf, "ami_name_pattern")
-    assert pattern.startswith("Deep Learning") and "GPU TensorFlow" in pattern and "*" in pattern
+    # The maintained base GPU AMI (no framework: the bootstrap installs TensorFlow into a venv)
+    # on Ubuntu 24.04, whose Python 3.12 fits requires-python >= 3.11.
+    assert pattern == "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 24.04) *"
     assert tf.resource("aws_launch_template", "worker")["image_id"] == "${data.aws_ami.worker.id}"
 
 
@@ -510,7 +539,8 @@ def test_scaling_rule_is_documented_beside_the_policy(tf):
 
 
 def test_outputs(tf):
-    for name in ("queue_name", "queue_url", "dlq_name", "dlq_url", "table_name", "bucket_name", "region", "asg_name", "env_exports"):
+    for name in ("queue_name", "queue_url", "dlq_name", "dlq_url", "table_name", "bucket_name", "region", "asg_name", "env_exports",
+                 "reconciler_function_name"):
         assert name in tf.outputs, name
         assert tf.outputs[name].get("description"), name
     assert tf.outputs["bucket_name"]["value"] == "${aws_s3_bucket.artifacts.bucket}"
@@ -602,3 +632,22 @@ def test_dockerfile_is_pinned_non_root_with_healthcheck():
     (entry,) = re.findall(r"^ENTRYPOINT\s+(.+)$", text, flags=re.M)
     assert json.loads(entry) == ["worker", "run"]
     assert 'pip install --no-cache-dir ".[worker]"' in text  # the worker extra: TensorFlow, Keras
+
+
+def test_container_mode_pulls_from_ecr_with_exactly_the_pull_actions(tf):
+    """The bootstrap logs in to ECR (`aws ecr get-login-password`) and docker pulls: the role gets
+    AWS's pull-only set on the image's repository, and only when worker_image is an ECR image."""
+    doc = tf.data["aws_iam_policy_document"]["worker_ecr"]
+    assert expr(doc["count"]) == "local.ecr_image == null ? 0 : 1"
+    by_sid = {s["sid"]: s for s in blocks(doc, "statement")}
+    assert set(by_sid["PullWorkerImage"]["actions"]) == {
+        "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"}
+    assert by_sid["PullWorkerImage"]["resources"] == [
+        "arn:aws:ecr:${local.ecr_image[1]}:${local.ecr_image[0]}:repository/${local.ecr_image[2]}"]
+    assert by_sid["EcrLogin"] == {"sid": "EcrLogin", "actions": ["ecr:GetAuthorizationToken"], "resources": ["*"]}
+    pattern = re.search(r'regex\("(.+?)", var\.worker_image\)', tf.text("iam.tf")).group(1).replace("\\\\", "\\")
+    assert re.match(pattern, "123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/spotsweep:1.2").groups() == (
+        "123456789012", "eu-west-1", "team/spotsweep")
+    assert re.match(pattern, "ghcr.io/team/spotsweep:1.2") is None
+    user_data = tfmodel.TEMPLATE.read_text(encoding="utf-8")
+    assert "aws ecr get-login-password" in user_data
