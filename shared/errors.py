@@ -54,5 +54,25 @@ class CorruptRecordError(PermanentError):
     writer). The job it names can never run as stored: record it FAILED or set it aside."""
 
 
+class StopRequestedError(SpotsweepError):
+    """A long step outside training (a dataset sync) stopped because its caller's `should_stop`
+    returned a reason.
+
+    Not a failure of the job: the caller turns `reason` (whatever `should_stop` returned, e.g.
+    the worker's `StopReason`) into a stopped result, as training's own stop requests become
+    one. Nothing the step left behind is wrong: a later sync resumes it.
+    """
+
+    def __init__(self, reason: object) -> None:
+        super().__init__(f"stop requested: {reason}")
+        self.reason = reason
+
+
 class ResourceMissingError(FatalError):
     """A queue, table or bucket that the configuration names does not exist."""
+
+
+class VisibilityLimitError(RetryableError):
+    """The queue refuses to keep a received message hidden any longer (SQS: 12 hours from its
+    receipt). Not a stale receipt: the delivery is still ours, but a job that keeps running on it
+    must hand itself to a fresh message before the message reappears."""

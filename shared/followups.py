@@ -5,7 +5,7 @@ Both `submit finetune|evaluate` and the automatic follow-ups of a study (`"finet
 for fine-tuning, the best K training jobs that CAN be fine-tuned (the benchmark CNN has no base to
 unfreeze, so it is passed over, not counted). Job ids are deterministic in (study, parent,
 settings), and `submit_jobs` creates only missing records, so however many workers race to
-advance a study, each follow-up job exists and is enqueued once.
+advance a study, each follow-up job exists once (a race may send a duplicate message: harmless).
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ from shared.errors import BadInputError
 from shared.jobs import EarlyStopping, JobRecord, JobSpec, first_error, job_id_for
 from shared.optimizers import OptimizerSpec, Sgd
 from shared.ports import JobQueue, JobStore
-from shared.ranking import top_succeeded
+from shared.ranking import TRAINED_KINDS, top_succeeded
 from shared.study import FinetuneFollowUp, StudySpec
 from shared.submission import SubmitReport, submit_jobs
 
 FINETUNE_OPTIMIZER = Sgd(learning_rate=1e-4, momentum=0.9)
+CANCELLED_STAGE = "cancelled"  # `submit cancel` marks the study: no follow-up starts after it
 
 
 def finetune_spec(
@@ -63,18 +64,17 @@ def can_finetune(record: JobRecord) -> bool:
 
 
 def finetune_candidates(jobs: Sequence[JobRecord], top: int) -> list[JobRecord]:
-    """The best `top` succeeded training jobs that can be fine-tuned, by val_accuracy, one per
-    configuration: a benchmark CNN ranked first is skipped, and the next transfer model takes its place."""
+    """The best `top` succeeded training configurations that can be fine-tuned, by the mean
+    val_accuracy over repeats (shared/ranking.py: one rule for every selection), each one's best
+    repeat: a benchmark CNN ranked first is skipped, and the next transfer model takes its place."""
     ranked = top_succeeded(jobs, len(jobs), "train")
     return [record for record in ranked if can_finetune(record)][:top]
 
 
 def evaluation_candidates(jobs: Sequence[JobRecord], top: int) -> list[JobRecord]:
-    """The best `top` trained models of the study, fine-tuned or not, by val_accuracy."""
-    finished = [j for j in jobs if j.kind in ("train", "finetune")]
-    ranked = top_succeeded(finished, len(finished), "finetune") + top_succeeded(finished, len(finished), "train")
-    ranked.sort(key=lambda r: -(r.metrics.val_accuracy or 0.0))
-    return ranked[:top]
+    """The best `top` trained configurations of the study, fine-tuned or not, ranked together by
+    the mean val_accuracy over repeats (the leaderboard's rule), each one's best repeat."""
+    return top_succeeded(jobs, top, TRAINED_KINDS)
 
 
 def finetune_settings(top: int, unfreeze_from: int | str | None = None) -> FinetuneFollowUp:
@@ -112,18 +112,26 @@ def _all_finished(jobs: Sequence[JobRecord], kinds: tuple[str, ...]) -> bool:
 
 
 def advance_study(store: JobStore, queue: JobQueue, study_id: str) -> dict[str, int]:
-    """Enqueue the study's automatic follow-ups whose turn has come.
+    """Enqueue the study's automatic follow-ups whose turn has come; idempotent.
+
+    Derived from the store alone, so any worker may call it any number of times: the one that
+    settles the last job, and the reconciler of an idle worker when that one failed. A stage is
+    two steps: create and enqueue its jobs (`submit_jobs`), then `mark_stage`. Stopped between
+    them, the stage is not marked, and the next call creates nothing new, sends what was never
+    sent and marks it. A cancelled study (`CANCELLED_STAGE`) advances no further.
 
     Returns:
         For each stage this call started ("finetune", "evaluate"), the number of jobs it created
         and enqueued: 0 when no model qualified (say, every training job failed).
     """
     study = store.get_study(study_id)
-    if study is None:
+    if study is None or CANCELLED_STAGE in study.stages:
         return {}
     spec = StudySpec.model_validate(study.spec)
     started: dict[str, int] = {}
     finetune_due = spec.finetune is not None and "finetune" not in study.stages
+    if not finetune_due and (spec.evaluate is None or "evaluate" in study.stages):
+        return started  # nothing left to start: no need to read the jobs
     if spec.finetune and finetune_due and _all_finished(store.list_jobs(study_id), ("train",)):
         report = enqueue_finetune(store, queue, study_id, spec.finetune)
         if store.mark_stage(study_id, "finetune"):

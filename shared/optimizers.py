@@ -2,6 +2,10 @@
 
 `decay` keeps its Keras 2 meaning (learning rate / (1 + decay * iterations)); the worker turns
 it into an InverseTimeDecay schedule.
+
+The defaults are Keras 3's. A study may ask for Keras 2's instead (`"optimizer_defaults":
+"keras2"`, `KERAS2_DEFAULTS`), so that a replay of a 2019 study compares what it compared: they
+are resolved when the study is expanded, so every job spec carries its optimizer's values.
 """
 
 from __future__ import annotations
@@ -89,6 +93,40 @@ OPTIMIZER_CLASSES: tuple[type[_Optimizer], ...] = (Sgd, RmsProp, Adagrad, Adadel
 OPTIMIZER_NAMES = tuple(cls.model_fields["name"].default for cls in OPTIMIZER_CLASSES)
 
 OptimizerSpec = Annotated[Union[Sgd, RmsProp, Adagrad, Adadelta, Adam, Adamax, Nadam, AdamW], Field(discriminator="name")]
+
+OptimizerDefaults = Literal["keras3", "keras2"]
+
+# Keras 2.2's defaults where they differ from Keras 3's, read from keras-team/keras
+# `keras/optimizers.py` of the 2.2 line (commit fe1d48bf: `SGD(lr=0.01, ...)`, `RMSprop(lr=0.001,
+# rho=0.9, ...)`, `Adagrad(lr=0.01, ...)` with accumulators starting at `K.zeros`, `Adadelta(lr=1.0,
+# rho=0.95, ...)`, `Adam(lr=0.001, ...)`, `Adamax(lr=0.002, ...)`, `Nadam(lr=0.002, ...,
+# schedule_decay=0.004)`). Every `epsilon=None` there means `K.epsilon()` = 1e-7, Keras 3's default
+# too; Nadam's schedule_decay 0.004 is the constant Keras 3's Nadam uses; AdamW did not exist.
+# The update rules themselves are Keras 3's (Keras 2 added epsilon outside the square root in
+# RMSprop and Adagrad): only the defaults come back.
+KERAS2_DEFAULTS: dict[str, dict[str, float]] = {
+    "sgd": {"learning_rate": 0.01},
+    "rmsprop": {"learning_rate": 0.001, "rho": 0.9},
+    "adagrad": {"learning_rate": 0.01, "initial_accumulator_value": 0.0},
+    "adadelta": {"learning_rate": 1.0, "rho": 0.95},
+    "adam": {"learning_rate": 0.001},
+    "adamax": {"learning_rate": 0.002},
+    "nadam": {"learning_rate": 0.002},
+}
+
+
+def with_defaults(optimizer: BaseModel, defaults: OptimizerDefaults) -> BaseModel:
+    """`optimizer` (a spec or a study's grid entry) with `defaults` for every parameter it was not
+    given: Keras 3's are the models' own, so only "keras2" changes anything."""
+    if defaults == "keras3":
+        return optimizer
+    grid = not isinstance(optimizer, _Optimizer)  # a grid entry takes lists
+    unset = {
+        name: [value] if grid else value
+        for name, value in KERAS2_DEFAULTS.get(optimizer.name, {}).items()  # type: ignore[attr-defined]
+        if name not in optimizer.model_fields_set
+    }
+    return optimizer.model_copy(update=unset)
 
 
 def _as_list(value: Any) -> Any:

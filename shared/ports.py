@@ -35,12 +35,15 @@ class QueueCounts:
     """Approximate message counts of a queue (SQS's counts lag by up to a minute).
 
     `visible` wait to be received, `in_flight` are received and not yet deleted or released
-    (delayed messages count here too), `dead` are in the dead-letter queue.
+    (delayed messages count here too), `dead` are in the dead-letter queue. `retention_s` is how
+    long the queue keeps a message after it was sent before dropping it silently (SQS's
+    `MessageRetentionPeriod`; None: kept until deleted, as on the embedded queue).
     """
 
     visible: int
     in_flight: int
     dead: int
+    retention_s: float | None = None
 
     @property
     def backlog(self) -> int:
@@ -105,6 +108,10 @@ class JobQueue(Protocol):
 
         Returns:
             True, or False (changing nothing) when the receipt is no longer the current one.
+
+        Raises:
+            VisibilityLimitError: the queue will not hide this delivery that long (SQS: 12 hours
+                from its receipt); the receipt is still current. Queues without a limit never raise it.
         """
         ...
 
@@ -128,17 +135,43 @@ class JobQueue(Protocol):
         ...
 
     def counts(self) -> QueueCounts:
-        """Approximate visible, in-flight and dead-lettered message counts."""
+        """Approximate visible, in-flight and dead-lettered message counts, and the retention."""
         ...
 
     def dead_letters(self, limit: int = 100) -> list[str]:
-        """The bodies in the dead-letter queue, oldest first, without removing them.
+        """The bodies in the dead-letter queue, oldest first, without removing them (for display).
 
         Args:
             limit: the most bodies returned.
 
         Returns:
             At most `limit` bodies.
+        """
+        ...
+
+    def receive_dead(self, max_messages: int = 10, hide_s: float = 60.0) -> list[Delivery]:
+        """Take messages from the dead-letter queue to handle them (the reconciler).
+
+        Each message taken is hidden from later `receive_dead` calls for `hide_s`, then comes back
+        unless `delete_dead` removed it: a caller that stops halfway loses nothing. Calling again
+        until it returns an empty list pages through the whole dead-letter queue once.
+
+        Args:
+            max_messages: the most deliveries wanted, clamped to 1..10 (SQS's limit).
+            hide_s: seconds each taken message stays hidden (whole seconds on SQS, at most 12 hours).
+
+        Returns:
+            Between 0 and `max_messages` deliveries. An empty list means no dead letter is visible
+            now: on SQS the adapter long-polls, which asks every host, so an empty answer is not
+            the sampling of a short poll.
+        """
+        ...
+
+    def delete_dead(self, receipts: Sequence[str]) -> None:
+        """Remove dead letters taken by `receive_dead` for good.
+
+        Args:
+            receipts: their receipts; an unknown or superseded one is ignored.
         """
         ...
 
@@ -202,7 +235,8 @@ class JobStore(Protocol):
         ...
 
     def mark_stage(self, study_id: str, stage: str) -> bool:
-        """Record that a study's follow-up `stage` ("finetune", "evaluate") was enqueued, once.
+        """Record a study's `stage` once: a follow-up enqueued ("finetune", "evaluate"), or
+        "cancelled" (`submit cancel`: no follow-up starts after it).
 
         Returns:
             True only for the first caller naming that stage; False for every later one.
@@ -220,6 +254,23 @@ class JobStore(Protocol):
 
         Returns:
             The ids created, in input order; existing rows are left untouched and not listed.
+        """
+        ...
+
+    def mark_enqueued(self, study_id: str, job_ids: Sequence[str], now: float) -> list[str]:
+        """Stamp `enqueued_at = now` on unfinished jobs: a message for each was just sent.
+
+        Unfenced and safe without a lease: it changes nothing but the stamp, and only on jobs that
+        are QUEUED or RUNNING, never moving a stamp back (a later one is kept). Batched: 100 jobs
+        per transaction on DynamoDB.
+
+        Args:
+            job_ids: the jobs of `study_id` whose message was sent (duplicates count once).
+            now: when the messages were sent (epoch seconds; the caller's clock before sending).
+
+        Returns:
+            The ids stamped, in input order; a finished or unknown job, or one stamped later
+            than `now`, is left as it is and not listed.
         """
         ...
 
@@ -367,6 +418,27 @@ class JobStore(Protocol):
 
     def epochs(self, study_id: str, job_id: str) -> list[EpochRecord]:
         """A job's epoch rows in epoch order (none for an unknown job); corrupt ones left out (logged)."""
+        ...
+
+    def acquire_lock(self, name: str, owner: str, ttl_s: float, now: float) -> bool:
+        """Take the store-wide lock `name` for `owner` until `now + ttl_s` (a conditional write).
+
+        Nobody else may take it until then, whoever asks: not even `owner` itself, so a lock held
+        is also a stamp of "done at most once per `ttl_s`" (the reconciler of idle workers). It is
+        never released early; it lapses.
+
+        Args:
+            name: the lock's name, an identifier (`shared.paths.check_id`).
+            owner: who takes it (a worker's name), kept for people to read.
+            ttl_s: how long it holds (positive).
+            now: the time of taking it (epoch seconds).
+
+        Returns:
+            True if `owner` holds it now; False, changing nothing, if it is held until after `now`.
+
+        Raises:
+            BadInputError: `name` is not an identifier (`name`) or `ttl_s` is not positive (`ttl_s`).
+        """
         ...
 
 

@@ -1,19 +1,30 @@
-"""Ranking finished jobs: the leaderboard's order and the follow-ups' choice of the top k.
+"""Ranking finished jobs: the leaderboard's order and every follow-up's choice of the top k.
 
-Repeats of one configuration (same spec but seed) are ranked by their mean, with the std beside it.
+One rule for repeats (jobs with the same spec but seed: one configuration), used by every selection
+(the leaderboard, fine-tuning, evaluation, the report):
+
+- configurations are ordered by the MEAN of the metric over their repeats, never by their luckiest
+  seed: the best of three seeds is biased upwards, and the more seeds a configuration has, the more
+  it would profit;
+- the mean is taken over the SUCCEEDED repeats that have the metric; a configuration none of whose
+  repeats succeeded yet is placed by what its jobs have so far (a running job's best epoch), so a
+  failed repeat's partial score never drags a finished configuration down;
+- the configuration is represented by its best repeat (`Ranked.record`): that job's model is the
+  one fine-tuned, evaluated and exported, and the job a table row names.
 """
 
 from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from shared.jobs import JobRecord
 from shared.status import JobStatus
 
 LOWER_IS_BETTER = {"val_loss", "loss", "test_loss", "train_seconds", "cost_usd"}
+TRAINED_KINDS = ("train", "finetune")  # the kinds that produce a model with a validation score
 
 
 def metric_value(record: JobRecord, metric: str) -> float | None:
@@ -27,11 +38,23 @@ def metric_value(record: JobRecord, metric: str) -> float | None:
 
 @dataclass(frozen=True)
 class Ranked:
-    record: JobRecord  # the best repeat of its configuration
+    """One configuration summarised by one metric: `mean` (what it is ranked by) and `std` over
+    its scored repeats, `score` and `record` of the best of them, and every job of it (`members`)."""
+
+    record: JobRecord  # the best repeat of its configuration: the job that stands for it
     score: float | None
     mean: float | None
     std: float | None
     repeats: int
+    members: tuple[JobRecord, ...] = ()
+
+
+def scored_repeats(members: Sequence[JobRecord], metric: str) -> list[tuple[float, JobRecord]]:
+    """The repeats a configuration is judged by, with their `metric`: the succeeded ones that have
+    it, or, while none has succeeded, every one that has it."""
+    scored = [(value, r) for r in members if (value := metric_value(r, metric)) is not None]
+    succeeded = [(value, r) for value, r in scored if r.status == JobStatus.SUCCEEDED]
+    return succeeded or scored
 
 
 def rank(records: Iterable[JobRecord], metric: str = "val_accuracy", kind: str | None = None) -> list[Ranked]:
@@ -46,17 +69,21 @@ def rank(records: Iterable[JobRecord], metric: str = "val_accuracy", kind: str |
 
 
 def _summarise(group: list[JobRecord], metric: str) -> Ranked:
-    scored = [(metric_value(r, metric), r) for r in group]
-    values = [v for v, _ in scored if v is not None]
-    if not values:
-        return Ranked(group[0], None, None, None, len(group))
+    scored = scored_repeats(group, metric)
+    if not scored:
+        return Ranked(group[0], None, None, None, len(group), tuple(group))
+    values = [value for value, _ in scored]
     better = min if metric in LOWER_IS_BETTER else max
-    best_value, best = better(((v, r) for v, r in scored if v is not None), key=lambda pair: pair[0])
+    best_value, best = better(scored, key=lambda pair: pair[0])
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return Ranked(best, best_value, statistics.fmean(values), std, len(group))
+    return Ranked(best, best_value, statistics.fmean(values), std, len(group), tuple(group))
 
 
-def top_succeeded(records: Iterable[JobRecord], k: int, kind: str, metric: str = "val_accuracy") -> list[JobRecord]:
-    """The best `k` succeeded jobs of one kind (one per configuration)."""
-    succeeded = [r for r in records if r.status == JobStatus.SUCCEEDED]
-    return [r.record for r in rank(succeeded, metric, kind) if r.mean is not None][:k]
+def top_succeeded(
+    records: Iterable[JobRecord], k: int, kinds: str | Sequence[str], metric: str = "val_accuracy"
+) -> list[JobRecord]:
+    """The best `k` configurations among the succeeded jobs of `kinds` (one kind, or several ranked
+    together), by the mean over repeats; each one's best repeat."""
+    wanted = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    succeeded = [r for r in records if r.status == JobStatus.SUCCEEDED and r.kind in wanted]
+    return [r.record for r in rank(succeeded, metric) if r.mean is not None][:k]

@@ -44,6 +44,17 @@ class QueueDepth(_Doc):
     dead_lettered: int = Field(description="messages in the dead-letter queue")
 
 
+class FailedJob(_Doc):
+    """A FAILED job and why."""
+
+    job_id: str
+    kind: str
+    failures: int = Field(description="the job's own errors counted in its record")
+    error: str | None = Field(
+        description="its last error; 'dead-lettered after N own failures: ...' when the reconciler recorded it"
+    )
+
+
 class StatusDocument(_Doc):
     """`submit status --format json`."""
 
@@ -57,7 +68,11 @@ class StatusDocument(_Doc):
     stale: int = Field(description="running jobs with a stale lease")
     finished: bool = Field(description="every job is SUCCEEDED, FAILED or CANCELLED")
     eta_s: float | None = Field(description="rough seconds left; null: unknown yet")
+    models_seen_test: int = Field(
+        description="how many models of the study have seen the test split (distinct models of succeeded evaluations)"
+    )
     running: list[RunningJob]
+    failed: list[FailedJob] = Field(default_factory=list, description="the FAILED jobs with their reason")
     rows: list[RunningJob] = Field(description="the running jobs again, as table rows")
 
 
@@ -65,7 +80,8 @@ class StatusDocument(_Doc):
 
 
 class LeaderboardRow(_Doc):
-    """One configuration (repeats folded): its best repeat's job, with mean and std of the metric."""
+    """One configuration (repeats folded): its best repeat's job, with mean and std of the ranking
+    metric (configurations are ranked by the mean), and every accuracy with its 95% interval."""
 
     rank: int
     job_id: str
@@ -79,12 +95,32 @@ class LeaderboardRow(_Doc):
     image_size: int
     data_fraction: float
     augmentation: bool
-    val_accuracy: float | None
+    val_accuracy: float | None = Field(description="the row's job's (the best repeat's) validation accuracy")
+    val_examples: int | None = Field(description="the validation examples it was measured on; null: not recorded")
+    val_accuracy_ci_low: float | None = Field(description="Wilson's 95% interval of val_accuracy over val_examples")
+    val_accuracy_ci_high: float | None
+    val_accuracy_mean: float | None = Field(description="the mean val_accuracy over the succeeded repeats")
+    val_accuracy_mean_ci_low: float | None = Field(
+        description="the 95% t-interval of that mean over seeds; null with fewer than 2 repeats"
+    )
+    val_accuracy_mean_ci_high: float | None
+    tied_with_best: bool | None = Field(
+        description="not significantly different from #1 (exact McNemar on the same validation examples, "
+                    "Holm-corrected over the rows shown; ranked by val_accuracy only); #1 itself: true; "
+                    "null: no comparable file"
+    )
+    tie_p_value: float | None = Field(description="the Holm-adjusted p-value of the comparison with #1")
     val_loss: float | None
-    test_accuracy: float | None
+    test_accuracy: float | None = Field(description="the test accuracy of the row's model (its evaluation's)")
+    test_examples: int | None = Field(description="the test examples it was measured on; null: not recorded")
+    test_accuracy_ci_low: float | None = Field(description="Wilson's 95% interval of test_accuracy over test_examples")
+    test_accuracy_ci_high: float | None
     test_loss: float | None
+    evaluation_job_id: str | None = Field(description="the evaluation that gave a trained model its test score")
+    val_test_gap: float | None = Field(description="val_accuracy - test_accuracy of the evaluated model")
+    gap_warning: bool | None = Field(description="the test accuracy lies outside the validation 95% interval")
     score: float | None = Field(description="the best repeat's value of the ranking metric")
-    mean: float | None
+    mean: float | None = Field(description="the mean of the ranking metric over the succeeded repeats: the sort key")
     std: float | None
     repeats: int
     best_epoch: int | None
@@ -107,6 +143,9 @@ class LeaderboardDocument(_Doc):
 
     study_id: str
     by: str = Field(description="the ranking metric")
+    gap_warning: str | None = Field(
+        description="one line when evaluated models score outside their validation interval on the test split"
+    )
     rows: list[LeaderboardRow]
 
 
@@ -118,6 +157,24 @@ class MatrixDocument(_Doc):
     matrix: list[str] = Field(min_length=2, max_length=2, description="[ROW, COL]")
     metric: str
     rows: list[dict[str, Any]]
+
+
+class CompareDocument(_Doc):
+    """`submit compare A B --format json`: the paired comparison of two jobs on the same examples."""
+
+    split: str = Field(description="val (the jobs' best epochs) or test (their models' evaluations)")
+    a_job_id: str
+    b_job_id: str
+    a_source_job_id: str = Field(description="the job whose per-example file was read for A (on test: its evaluation)")
+    b_source_job_id: str
+    a_accuracy: float = Field(description="A's accuracy on the compared examples")
+    b_accuracy: float
+    n: int = Field(description="examples compared")
+    a_only: int = Field(description="examples only A got right")
+    b_only: int = Field(description="examples only B got right")
+    disagreements: int = Field(description="a_only + b_only")
+    p_value: float = Field(ge=0, le=1, description="exact two-sided McNemar test (binomial on the disagreements)")
+    sentence: str = Field(description="the same, in one plain sentence")
 
 
 # --- submit studies / show / study ---
@@ -161,6 +218,26 @@ class ShowDocument(_Doc):
     rows: list[EpochRow]
 
 
+class ActionIds(_Doc):
+    count: int
+    ids: list[str]
+
+
+class RepairDocument(_Doc):
+    """`submit repair --format json`: what the reconciler did (shared/reconcile.py), job ids by action."""
+
+    redriven: ActionIds = Field(description="dead-lettered jobs sent again (their own failures under the limit)")
+    failed: ActionIds = Field(description="dead-lettered jobs at the failure limit, recorded FAILED with the reason")
+    dead_dropped: ActionIds = Field(description="dead letters deleted: their job finished, held by a live worker, or done")
+    poison: ActionIds = Field(description="dead letters left for people: no job's message (message ids)")
+    sent_unsent: ActionIds = Field(description="jobs whose message was never sent")
+    sent_lapsed: ActionIds = Field(description="RUNNING jobs whose worker died, with nothing sent since")
+    resent: ActionIds = Field(description="jobs whose message may be gone (a purge, the queue's retention)")
+    cancelled: ActionIds = Field(description="jobs of cancelled studies cancelled or asked to stop")
+    advanced: dict[str, dict[str, int]] = Field(description="study -> follow-up stage started -> jobs created")
+    errors: ActionIds = Field(description="one line per study the reconciler could not handle")
+
+
 class SubmitDocument(_Doc):
     """`submit study FILE --format json`."""
 
@@ -169,6 +246,9 @@ class SubmitDocument(_Doc):
     created: int
     existing: int
     sent: int
+    resent: int = Field(0, description="existing jobs whose message had never been sent, sent now")
+    repair: RepairDocument | None = Field(None, description="a study submitted before: what the reconciler did for it")
+    warnings: list[str] = Field([], description="one line per way the study can only produce noise")
 
 
 class DryRunDocument(_Doc):
@@ -180,6 +260,29 @@ class DryRunDocument(_Doc):
     estimate: dict[str, Any]
     dry_run: bool
     jobs: list[dict[str, Any]]
+    warnings: list[str] = Field([], description="one line per way the study can only produce noise")
+
+
+class EvaluationRow(_Doc):
+    """One model's evaluation on the test split: its recorded result once SUCCEEDED, else its status."""
+
+    model_job_id: str
+    evaluation_job_id: str
+    status: str
+    test_accuracy: float | None
+    test_loss: float | None
+    test_examples: int | None
+    error: str | None
+
+
+class EvaluateDocument(_Doc):
+    """`submit evaluate --format json`: a model already evaluated is not evaluated again (created 0)."""
+
+    study_id: str
+    created: int
+    existing: int
+    sent: int
+    evaluations: list[EvaluationRow]
 
 
 # --- submit report / export / predict ---
@@ -232,10 +335,13 @@ DOCUMENTS: dict[str, type[BaseModel]] = {
     "status": StatusDocument,
     "leaderboard": LeaderboardDocument,
     "matrix": MatrixDocument,
+    "compare": CompareDocument,
     "studies": StudiesDocument,
     "show": ShowDocument,
     "study": SubmitDocument,
+    "repair": RepairDocument,
     "dry-run": DryRunDocument,
+    "evaluate": EvaluateDocument,
     "report": ReportDocument,
     "export": ExportDocument,
     "predict": PredictionDocument,

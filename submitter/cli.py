@@ -20,8 +20,9 @@ from shared.backends.factory import open_backend
 from shared.ports import Backend
 from shared.errors import BadInputError, NotFoundError, SpotsweepError
 from shared.paths import check_id
+from shared.reconcile import ReconcilePolicy
 from submitter import service
-from submitter.leaderboard import for_table, leaderboard, matrix
+from submitter.leaderboard import for_table, gap_warning, leaderboard, matrix, models_seen_test, table_notes
 from submitter.render import FORMATS, clean, data_console, emit, json_text, plain
 from submitter.settings import SubmitterSettings
 
@@ -114,8 +115,10 @@ def study(
     if dry_run:
         backend = open_backend(config) if config.backend == "local" and config.home.exists() else None
         plan = service.plan_study(spec, backend, config.price_per_hour)
+        warn(plan.warnings)
         frame = service.plan_frame(plan.jobs)
-        doc = {"study_id": plan.study_id, "name": spec.name, "job_count": plan.job_count, "estimate": plan.estimate, "dry_run": True}
+        doc = {"study_id": plan.study_id, "name": spec.name, "job_count": plan.job_count, "estimate": plan.estimate,
+               "dry_run": True, "warnings": plan.warnings}
         if fmt == "json":
             print(json.dumps({**doc, "jobs": plan.jobs}, indent=2))
             return
@@ -126,13 +129,31 @@ def study(
     from submitter.watch import progress_bar, progress_wanted
 
     with progress_bar(errors, "submitting", job_count(spec), progress_wanted(State.quiet)) as progress:
-        report = service.submit_study(open_backend(config), spec, config.price_per_hour, progress)
-    doc = {"study_id": spec.study_id, "jobs": report.total, "created": report.created, "existing": report.existing, "sent": report.sent}
+        report = service.submit_study(open_backend(config), spec, config.price_per_hour, progress, repair_policy(config))
+    warn(report.warnings)
+    repaired = report.repair.document() if report.repair else None
+    doc = {"study_id": spec.study_id, "jobs": report.total, "created": report.created, "existing": report.existing,
+           "sent": report.sent, "resent": report.resent, "repair": repaired, "warnings": report.warnings}
     if fmt == "json":
         print(json.dumps(doc, indent=2))
     else:
         console.print(Text.assemble("study ", plain(spec.study_id, "bold"),
                                     f": {report.total} jobs, {report.created} new, {report.existing} already there"))
+        for line in report.repair.lines() if report.repair else []:
+            say(f"repaired: {line}")
+
+
+def warn(warnings: list[str]) -> None:
+    """Each warning as one line on stderr, whatever the format and even with --quiet: a study
+    that can only produce noise is worth a line before its money is spent."""
+    for warning in warnings:
+        typer.echo(f"warning: {clean(warning)}", err=True)
+
+
+def repair_policy(config: SubmitterSettings) -> ReconcilePolicy:
+    """The reconciler's policy for a repair a person asks for: no grace (a message sent before
+    now may be the lost one), the configured failure limit."""
+    return ReconcilePolicy.for_config(config, resend_grace_s=0.0)
 
 
 @app.command()
@@ -172,13 +193,17 @@ def status(
 
         raise typer.Exit(watch_status(lambda: service.study_status(backend, study_id, config.stale_threshold_s), console, interval))
     report = service.study_status(backend, study_id, config.stale_threshold_s)
+    tested = models_seen_test(backend.store.list_jobs(study_id))  # the test split is spent a little by each
     if fmt == "table":
         from submitter.watch import render_status
 
         console.print(render_status(report))  # one frame of `--watch`
+        if report.failed:
+            emit(console, pd.DataFrame(report.failed), "table", title="failed (submit retry --failed runs them again)")
+        console.print(f"test split: seen by {tested} model{'s' if tested != 1 else ''} of this study")
         return
     running = pd.DataFrame(report.running, columns=["job_id", "kind", "architecture", "optimizer", "attempt", "epoch", "epochs", "val_accuracy", "worker", "heartbeat_age_s", "stale"])
-    emit(console, running, fmt, document=report.document())  # type: ignore[arg-type]
+    emit(console, running, fmt, document=report.document() | {"models_seen_test": tested})  # type: ignore[arg-type]
 
 
 @app.command("leaderboard")
@@ -191,7 +216,8 @@ def leaderboard_command(
     matrix_axes: Optional[tuple[str, str]] = typer.Option(None, "--matrix", help="ROW COL: the best score of each pair, e.g. architecture optimizer."),
     fmt: str = FormatOption,
 ) -> None:
-    """Jobs ranked best first (repeats folded into mean +- std)."""
+    """Configurations best first by the mean over their repeats, each accuracy with its 95% interval,
+    the rows tied with #1 marked, and the validation-test gap once models are evaluated."""
     check_format(fmt)
     if top is not None:
         service.check_top(top)
@@ -199,8 +225,9 @@ def leaderboard_command(
         raise BadInputError(f"unknown kind {kind!r} (train, finetune, evaluate)", "--kind")
     backend = open_configured()
     study_id = service.resolve_study_id(backend, study)
-    records = [r for r in backend.store.list_jobs(study_id) if kind is None or r.kind == kind]
+    records = backend.store.list_jobs(study_id)  # all kinds: evaluations give their models' rows a test score
     if matrix_axes:
+        records = [r for r in records if kind is None or r.kind == kind]
         try:
             frame = matrix(records, *matrix_axes, metric=by)
         except KeyError as exc:
@@ -208,11 +235,38 @@ def leaderboard_command(
         emit(console, frame, fmt, document={"study_id": study_id, "matrix": list(matrix_axes), "metric": by},  # type: ignore[arg-type]
              title=f"best {by}", values_as=by)
         return
-    frame = leaderboard(records, by, kind, top)
+    frame = leaderboard(records, by, kind, top, artifacts=backend.artifacts)
     if fmt != "table":  # the key is the record's; beside it, where a person finds the model
         frame = frame.assign(checkpoint_uri=[service.display_uri(backend.artifacts, k) for k in frame["checkpoint"]])
-    shown = for_table(frame) if fmt == "table" else frame
-    emit(console, shown, fmt, document={"study_id": study_id, "by": by}, title=f"{study_id} by {by}")  # type: ignore[arg-type]
+    shown = for_table(frame, by) if fmt == "table" else frame
+    document = {"study_id": study_id, "by": by, "gap_warning": gap_warning(frame) if len(frame) else None}
+    emit(console, shown, fmt, document=document, title=f"{study_id} by {by}")  # type: ignore[arg-type]
+    if fmt in ("table", "markdown"):  # how to read it: what is sorted by, the intervals, ties, the gap
+        for note in table_notes(frame, by):
+            console.print(plain(note), soft_wrap=True)
+
+
+@app.command()
+@handled
+def compare(
+    a: str = typer.Argument(..., help="A job id."),
+    b: str = typer.Argument(..., help="Another job id."),
+    split: str = typer.Option("val", "--split", help="val (the jobs' best epochs) or test (their models' evaluations)."),
+    fmt: str = FormatOption,
+) -> None:
+    """Two jobs on the same examples: on how many each alone is right, and the exact McNemar p-value."""
+    check_format(fmt)
+    from submitter.compare import SPLITS, compare_jobs
+
+    if split not in SPLITS:
+        raise BadInputError(f"unknown split {split!r} (val or test)", "--split")
+    result = compare_jobs(open_configured(), a, b, split)
+    if fmt == "json":
+        print(json.dumps(result.document(), indent=2))
+    elif fmt == "table":
+        console.print(plain(result.sentence()), soft_wrap=True)
+    else:
+        emit(console, pd.DataFrame([result.document()]), fmt)  # type: ignore[arg-type]
 
 
 @app.command()
@@ -235,14 +289,44 @@ def finetune(
 def evaluate(
     target: Optional[str] = typer.Argument(None, help="STUDY or JOB id (default: the most recent study)."),
     top: int = typer.Option(3, "--top", help="Evaluate the best K models on the test split."),
+    fmt: str = FormatOption,
 ) -> None:
-    """Enqueue one evaluation on the held-out test split of the best models (or of one job)."""
+    """Enqueue one evaluation on the held-out test split of the best models (or of one job).
+    A model already evaluated is not evaluated again: its recorded result is shown."""
+    check_format(fmt)
     service.check_top(top)
     backend = open_configured()
     job = backend.store.find_job(target) if target else None
     study_id = job.study_id if job else service.resolve_study_id(backend, target)
     report = service.evaluate(backend, study_id, top, job.job_id if job else None)
+    rows = [vars(evaluation) for evaluation in report.evaluations]
+    if fmt == "json":
+        print(json.dumps({"study_id": study_id, "created": report.created, "existing": report.existing,
+                          "sent": report.sent, "evaluations": rows}, indent=2))
+        return
+    if fmt != "table":
+        emit(console, pd.DataFrame(rows, columns=EVALUATION_COLUMNS), fmt)  # type: ignore[arg-type]
+        return
     console.print(f"{report.created} evaluate jobs enqueued ({report.existing} already there)")
+    for evaluation in report.evaluations:
+        console.print(plain(evaluation_line(evaluation)), soft_wrap=True)
+
+
+EVALUATION_COLUMNS = ["model_job_id", "evaluation_job_id", "status", "test_accuracy", "test_loss", "test_examples", "error"]
+
+
+def evaluation_line(evaluation: service.Evaluation) -> str:
+    """One model's evaluation: its status ("job A: evaluation B QUEUED"), or the recorded result
+    ("job A: evaluation B (recorded): test accuracy 0.8125 on 64 examples (95% interval [0.700, 0.890])")."""
+    head = f"job {evaluation.model_job_id}: evaluation {evaluation.evaluation_job_id}"
+    if evaluation.status != "SUCCEEDED" or evaluation.test_accuracy is None:
+        return f"{head} {evaluation.status}" + (f": {evaluation.error}" if evaluation.error else "")
+    from submitter.leaderboard import wilson
+
+    low, high = wilson(evaluation.test_accuracy, evaluation.test_examples)
+    interval = f" (95% interval [{low:.3f}, {high:.3f}])" if low is not None and high is not None else ""
+    examples = f" on {evaluation.test_examples} examples" if evaluation.test_examples else ""
+    return f"{head} (recorded): test accuracy {evaluation.test_accuracy:.4f}{examples}{interval}"
 
 
 @app.command()
@@ -250,23 +334,70 @@ def evaluate(
 def retry(
     study: Optional[str] = StudyArgument,
     failed: bool = typer.Option(False, "--failed", help="Re-enqueue FAILED jobs (the default)."),
-    dead_lettered: bool = typer.Option(False, "--dead-lettered", help="Re-enqueue jobs whose message is in the dead-letter queue."),
+    dead_lettered: bool = typer.Option(False, "--dead-lettered", help="Repair the study (as `submit repair STUDY`): re-drive its dead-lettered jobs."),
 ) -> None:
     """Re-enqueue jobs from their records. Idempotent."""
     backend = open_configured()
     study_id = service.resolve_study_id(backend, study)
-    retried = service.retry(backend, study_id, failed=failed or not dead_lettered, dead_lettered=dead_lettered)
+    retried = service.retry(backend, study_id, failed=failed or not dead_lettered, dead_lettered=dead_lettered,
+                            policy=repair_policy(settings()))
     console.print(f"{len(retried)} jobs re-enqueued")
 
 
 @app.command()
 @handled
+def repair(
+    study: Optional[str] = typer.Argument(None, help="Study id, id prefix or name (default: every study)."),
+    fmt: str = FormatOption,
+) -> None:
+    """Run the reconciler now: send lost or never-sent messages, re-drive dead letters (or record
+    them FAILED at the failure limit), start due follow-ups. Idempotent; workers run it when idle."""
+    check_format(fmt)
+    backend = open_configured()
+    study_id = service.resolve_study_id(backend, study) if study else None
+    report = service.repair(backend, study_id, repair_policy(settings()))
+    if fmt == "json":
+        print(json.dumps(report.document(), indent=2))
+        return
+    if fmt != "table":
+        rows = [{"action": k, "count": v["count"], "ids": " ".join(v["ids"])} for k, v in report.document().items() if "count" in v]
+        emit(console, pd.DataFrame(rows), fmt)  # type: ignore[arg-type]
+        return
+    for line in report.lines() or ["nothing to repair"]:
+        console.print(plain(line), soft_wrap=True)
+    for error in report.errors:
+        console.print(plain(f"error: {error}"), soft_wrap=True)
+
+
+@app.command()
+@handled
 def cancel(study: Optional[str] = StudyArgument) -> None:
-    """Cancel queued jobs; running ones stop at their next epoch. Idempotent."""
+    """Cancel a study: queued jobs are cancelled, running ones stop at their next epoch, and no
+    follow-up starts. Idempotent."""
     backend = open_configured()
     study_id = service.resolve_study_id(backend, study)
     result = service.cancel(backend, study_id)
-    console.print(f"{result['cancelled']} queued jobs cancelled, {result['stopping']} running jobs asked to stop")
+    console.print(f"{result['cancelled']} jobs cancelled, {result['stopping']} running jobs asked to stop")
+
+
+@app.command()
+@handled
+def logs(
+    job_id: str = typer.Argument(..., help="A job id."),
+    raw: bool = typer.Option(False, "--json", help="The lines as the workers wrote them (JSON, one a line)."),
+) -> None:
+    """A job's log lines from the artifact store, every attempt in order (they outlive the instance)."""
+    from submitter.logs import job_log_lines
+
+    backend = open_configured()
+    record = backend.store.find_job(check_id(job_id, "job id"))
+    if record is None:
+        raise BadInputError(f"unknown job {job_id!r}", "JOB")
+    lines = job_log_lines(backend.artifacts, record)
+    if not lines:
+        say(f"no log lines for {job_id} yet (a job's log is written after each epoch and when it settles)")
+    for line in lines:
+        typer.echo(json.dumps({"attempt": line.attempt, **line.fields}) if raw else clean(line.text()))
 
 
 @app.command()
@@ -303,6 +434,46 @@ def init() -> None:
 
     for line in provision(config, None):
         console.print(line)
+
+
+deploy_app = typer.Typer(no_args_is_help=True, help="Publish code the AWS stack runs (terraform/README.md).")
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("reconciler")
+@handled
+def deploy_reconciler(
+    source: Optional[Path] = typer.Option(None, "--source", help="The spotsweep checkout to build from (default: this one)."),
+) -> None:
+    """Build the scheduled reconciler's Lambda package and upload it to the stack's bucket; prints
+    its key, for `terraform apply -var reconciler_package_key=KEY`."""
+    from submitter.deploy import publish_reconciler
+
+    def progress(line: str) -> None:  # unwrapped, on stderr: stdout is the key alone (KEY=$(...))
+        if not State.quiet:
+            typer.echo(clean(line), err=True)
+
+    key = publish_reconciler(settings(), source, progress=progress)
+    print(key)
+    progress(f"next: terraform apply -var reconciler_package_key={key}")
+
+
+@deploy_app.command("worker")
+@handled
+def deploy_worker(
+    source: Optional[Path] = typer.Option(None, "--source", help="The spotsweep checkout to build from (default: this one)."),
+) -> None:
+    """Build the worker's wheel from this checkout and upload it to the stack's bucket with the
+    pointer deploy/worker-wheel.txt: instances that boot from now on install it. Prints its key."""
+    from submitter.deploy import publish_worker
+
+    def progress(line: str) -> None:  # on stderr: stdout is the key alone
+        if not State.quiet:
+            typer.echo(clean(line), err=True)
+
+    published = publish_worker(settings(), source, progress=progress)
+    print(published.key)
+    progress("instances launched from now on install it; running ones keep theirs")
 
 
 # --- datasets --------------------------------------------------------------------------------

@@ -203,3 +203,35 @@ def sweep(frame: pd.DataFrame, parameter: str, path: Path, y: str = "val_accurac
     ax.set_title(f"{y} and time per {parameter}")
     _save(figure, path)
     return table
+
+
+# --- accuracy with intervals --------------------------------------------------------------------
+
+
+def accuracy_intervals(frame: pd.DataFrame, path: Path, title: str = "accuracy with 95% intervals") -> pd.DataFrame:
+    """One line per configuration (best at the top): the validation accuracy it is ranked by with
+    its 95% interval bar and, where its model was evaluated, the test accuracy with its own.
+
+    `frame` has the columns label, val, val_low, val_high, test, test_low, test_high (NaN: unknown;
+    a value without an interval is drawn as a point without a bar). Returns the frame drawn."""
+    drawn = frame.reset_index(drop=True)
+    rows = np.arange(len(drawn))
+    figure, ax = _figure(9.5, max(3.0, 0.5 * len(drawn) + 1.6))
+    for prefix, offset, colour, name in (("val", -0.12, "C0", "validation"), ("test", 0.12, "C3", "test")):
+        known = drawn[prefix].notna().to_numpy()
+        if not known.any():
+            continue
+        values = drawn[prefix].to_numpy(dtype=float)[known]
+        below = np.nan_to_num(values - drawn[f"{prefix}_low"].to_numpy(dtype=float)[known])
+        above = np.nan_to_num(drawn[f"{prefix}_high"].to_numpy(dtype=float)[known] - values)
+        ax.errorbar(values, rows[known] + offset, xerr=[below, above], fmt="o", color=colour, capsize=4,
+                    markersize=5, label=name)
+    ax.set_yticks(rows, list(drawn["label"]))
+    ax.invert_yaxis()  # #1 at the top, as in the leaderboard
+    ax.set_xlabel("accuracy")
+    ax.grid(axis="x", alpha=0.3)
+    if len(drawn):
+        figure.legend(loc="outside right upper", fontsize="small")  # beside the axes: never over a bar
+    ax.set_title(title)
+    _save(figure, path)
+    return drawn

@@ -14,7 +14,8 @@ highlighted, and loses its control characters too: the safety net under `plain`.
 **One number format per column.** `column_format` decides from a column's name and values how
 every cell of it is written (accuracies with 4 decimals, seconds with 1, costs in dollars with the
 decimals that show the cheapest job to 2 significant digits, counts as integers with thousands
-separators), so `4.9900` never stands above `64.1`. Markdown and HTML use the same formats.
+separators, intervals (cells holding a `(low, high)` pair) by their half-width, `\u00b10.042`: the
+ends are in json and csv), so `4.9900` never stands above `64.1`. Markdown and HTML use the same formats.
 
 Output per format: json is faithful (json.dumps escapes every control and non-ASCII character, so
 no raw ESC), csv is the data with control characters removed (tab and newline kept: CSV quotes
@@ -92,7 +93,8 @@ def _cleaned(data: Any) -> Any:
 
 # --- one number format per column ----------------------------------------------------------
 
-_RATIO_WORDS = {"accuracy", "acc", "loss", "score", "mean", "std", "probability"}
+_RATIO_WORDS = {"accuracy", "acc", "loss", "score", "mean", "std", "probability", "gap"}
+_INTERVAL_DECIMALS = 3  # a 95% interval over a few hundred examples is +-0.03: the third decimal still moves
 _MAX_DECIMALS = 6
 
 
@@ -106,6 +108,15 @@ def _numbers(values: pd.Series) -> pd.Series | None:
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in present):
         return None
     return pd.Series(present, dtype=float)
+
+
+def _intervals(values: pd.Series) -> bool:
+    """Whether the column holds intervals: its non-missing cells are all `(low, high)` number pairs."""
+    present = [v for v in values if not _is_missing(v)]
+    return bool(present) and all(
+        isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        for v in present
+    )
 
 
 def _kind(name: str, numbers: pd.Series) -> str:
@@ -141,7 +152,10 @@ def column_format(name: str, values: pd.Series) -> tuple[Formatter, bool]:
     """How every cell of column `name` is written, and whether it is numeric (right-aligned).
 
     The decision is made once per column, from its name (costs, seconds, accuracies and losses)
-    and, for other numbers, from its values (integers; else the fewest exact decimals)."""
+    and, for other numbers, from its values (integers; else the fewest exact decimals); a column
+    of `(low, high)` pairs is written as intervals."""
+    if _intervals(values):
+        return (lambda v: "" if _is_missing(v) else f"\u00b1{(v[1] - v[0]) / 2:.{_INTERVAL_DECIMALS}f}"), True
     numbers = _numbers(values)
     if numbers is None:
         return (lambda v: clean(v)), False
@@ -199,8 +213,8 @@ def html_table(frame: pd.DataFrame, css_class: str = "board") -> str:
 
 
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows as JSON-safe dicts (NaN -> null)."""
-    return json.loads(frame.to_json(orient="records"))
+    """Rows as JSON-safe dicts (NaN -> null), floats to 15 significant digits."""
+    return json.loads(frame.to_json(orient="records", double_precision=15))  # faithful: p-values can be 1e-9
 
 
 def emit(

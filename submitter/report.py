@@ -2,7 +2,11 @@
 `submit export`: a job's best checkpoint copied out of the artifact store.
 
 Everything here reads the store and the artifact store only; no TensorFlow. Missing data (no
-finished jobs yet, no evaluations) gives a page that says so, never an error.
+finished jobs yet, no evaluations, no per-example files) gives a page that says so, never an error.
+
+The report never selects on the test split: the leaderboard, the interval plot and the "best
+evaluated model" all rank by validation (the mean over repeats, shared/ranking.py), and the test
+score is reported for the model validation chose.
 """
 
 from __future__ import annotations
@@ -23,25 +27,18 @@ from shared.errors import BadInputError, NotFoundError
 from shared.jobs import JobRecord
 from shared.datasets.sync import dataset_classes
 from shared.paths import check_id
-from shared.ports import ArtifactStore
+from shared.ranking import TRAINED_KINDS, rank
 from shared.status import JobStatus
 from submitter import plots
-from submitter.leaderboard import for_table, job_row, leaderboard, matrix
+from submitter.compare import compare_jobs, evaluation_of, read_artifact
+from submitter.leaderboard import (
+    TIE_MARK, example_count, for_table, job_row, leaderboard, matrix, models_seen_test, table_notes, wilson,
+)
 from submitter.render import html_table
 
 HTML_NAME = "report.html"
 SWEPT = ("batch_size", "data_fraction")  # one plot each when the study tried more than one value
 MAX_TABLE_ROWS = 200
-
-
-# --- reading artifacts -------------------------------------------------------------------------
-
-
-def read_artifact(artifacts: ArtifactStore, key: str) -> bytes:
-    """Bytes of an artifact a record names. Records hold keys; the store's own parser
-    (`ArtifactStore.key_for`) still checks each one, so a record that names a local path or
-    another bucket is refused (BadInputError) and nothing is read from this machine's disk."""
-    return artifacts.get_bytes(artifacts.key_for(key))
 
 
 # --- export ------------------------------------------------------------------------------------
@@ -142,19 +139,22 @@ def build_report(
         data[name] = drawn
 
     board = Section("Leaderboard")
-    frame = leaderboard(records)
+    frame = leaderboard(records, top=MAX_TABLE_ROWS, artifacts=backend.artifacts)  # ties: over the rows shown
     if frame.empty:
         board.notes.append("no jobs in this study")
     else:
-        # the terminal's leaderboard: short headers, `k=v` parameters, its number formats
-        board.table_html = html_table(for_table(frame.head(MAX_TABLE_ROWS)))
-        if len(frame) > MAX_TABLE_ROWS:
-            board.notes.append(f"the best {MAX_TABLE_ROWS} of {len(frame)} configurations")
+        # the terminal's leaderboard: short headers, `k=v` parameters, its number formats and notes
+        board.table_html = html_table(for_table(frame))
+        board.notes.extend(table_notes(frame))
+        configurations = len(rank(records))
+        if configurations > MAX_TABLE_ROWS:
+            board.notes.append(f"the best {MAX_TABLE_ROWS} of {configurations} configurations")
     if not finished:
         board.notes.append("no finished jobs yet: the plots appear once training jobs have succeeded")
     sections.append(board)
 
     if finished:
+        sections.append(_intervals(backend, frame, top, out_dir, add))
         sections.append(_curves(backend, records, top, out_dir, add))
         sections.append(_heatmap(records, row, column, out_dir, add))
         sections.append(_tradeoffs(finished, out_dir, add))
@@ -172,6 +172,49 @@ def build_report(
 def _label(position: int, record: JobRecord) -> str:
     spec = record.spec
     return f"#{position} {spec.model.architecture}/{spec.optimizer.name} bs{spec.training.batch_size} {record.job_id[:8]}"
+
+
+def _intervals(backend: Backend, frame: pd.DataFrame, top: int, out_dir: Path, add: Any) -> Section:
+    """The top configurations' accuracies with their interval bars, and the top two compared."""
+    section = Section(f"Accuracy with 95% intervals: the top {top}")
+    ranked = frame[frame["val_accuracy_mean"].notna() & frame["kind"].isin(TRAINED_KINDS)].head(top)
+    drawn = plots.accuracy_intervals(_interval_rows(ranked), out_dir / "accuracy_intervals.png")
+    add(section, "accuracy_intervals", drawn)
+    section.notes.append("validation: the mean over repeats with its t-interval over seeds, or one run with Wilson's "
+                         f"interval over its validation examples; test: the evaluated model's Wilson interval; "
+                         f"{TIE_MARK}: tied with #1")
+    if len(ranked) >= 2:
+        section.notes.append(_top_two(backend, ranked["job_id"].iloc[0], ranked["job_id"].iloc[1]))
+    return section
+
+
+def _interval_rows(ranked: pd.DataFrame) -> pd.DataFrame:
+    """The plot's rows from leaderboard rows: what is ranked by, with its interval, and the test score."""
+    repeated = ranked["val_accuracy_mean_ci_low"].notna()
+    low = ranked["val_accuracy_mean_ci_low"].where(repeated, ranked["val_accuracy_ci_low"])
+    high = ranked["val_accuracy_mean_ci_high"].where(repeated, ranked["val_accuracy_ci_high"])
+    return pd.DataFrame({
+        "label": [f"#{row.rank} {row.architecture}/{row.optimizer} bs{row.batch_size} {row.job_id[:8]}"
+                  + (f" ({row.repeats} seeds)" if row.repeats > 1 else "")
+                  + (f" {TIE_MARK}" if row.tied_with_best is True and row.rank != 1 else "")
+                  for row in ranked.itertuples(index=False)],
+        "job_id": ranked["job_id"].to_numpy(),
+        "val": ranked["val_accuracy_mean"].to_numpy(dtype=float),
+        "val_low": low.to_numpy(dtype=float),
+        "val_high": high.to_numpy(dtype=float),
+        "test": ranked["test_accuracy"].to_numpy(dtype=float),
+        "test_low": ranked["test_accuracy_ci_low"].to_numpy(dtype=float),
+        "test_high": ranked["test_accuracy_ci_high"].to_numpy(dtype=float),
+    })
+
+
+def _top_two(backend: Backend, first: str, second: str) -> str:
+    """The paired comparison of #1 and #2 on their validation examples, as a sentence."""
+    try:
+        sentence = compare_jobs(backend, first, second, "val").sentence()
+        return f"#1 against #2 on the same validation examples: {sentence}"
+    except (BadInputError, NotFoundError) as exc:  # no per-example files (older jobs): say so, draw the rest
+        return f"#1 and #2 cannot be compared example by example: {exc}"
 
 
 def _curves(backend: Backend, records: Sequence[JobRecord], top: int, out_dir: Path, add: Any) -> Section:
@@ -224,20 +267,14 @@ def _sweeps(finished: Sequence[JobRecord], out_dir: Path, add: Any) -> Section |
 
 def _evaluation(backend: Backend, records: Sequence[JobRecord], out_dir: Path, add: Any) -> Section:
     section = Section("Test-set evaluation")
-    evaluated = [
-        r for r in records
-        if r.kind == "evaluate" and r.status == JobStatus.SUCCEEDED and r.metrics.test_accuracy is not None
-    ]
-    if not evaluated:
+    best = best_evaluated(records)
+    if best is None:
         section.notes.append("no evaluations yet: run `submit evaluate STUDY` once training has finished")
         return section
-    best = max(evaluated, key=lambda r: (r.metrics.test_accuracy, r.job_id))
-    parent = best.spec.parent_job_id or "?"
-    section.notes.append(
-        f"best evaluated model: job {best.job_id} (model of job {parent}, {best.spec.model.architecture}/"
-        f"{best.spec.optimizer.name}): test accuracy {best.metrics.test_accuracy:.4f}"
-        + (f", test loss {best.metrics.test_loss:.4f}" if best.metrics.test_loss is not None else "")
-    )
+    section.notes.append(_evaluated_note(records, best))
+    seen = models_seen_test(records)
+    section.notes.append(f"the test split has been seen by {seen} model{'s' if seen != 1 else ''} of this study: "
+                         "the more models are evaluated, the more a choice among them would select on the test split")
     try:
         confusion = json.loads(read_artifact(backend.artifacts, best.artifacts["confusion_matrix"]))
         add(section, "confusion_matrix", plots.confusion(
@@ -251,6 +288,33 @@ def _evaluation(backend: Backend, records: Sequence[JobRecord], out_dir: Path, a
     except (KeyError, NotFoundError, BadInputError, ValueError, TypeError, AttributeError) as exc:
         section.notes.append(f"per-class accuracy unavailable: {_reason(exc)}")
     return section
+
+
+def best_evaluated(records: Sequence[JobRecord]) -> JobRecord | None:
+    """The evaluation of the best model BY VALIDATION (the leaderboard's rule: configurations by the
+    mean over repeats, then a configuration's evaluated repeats by their own validation accuracy),
+    never the highest test score: choosing on the test split would overfit it like validation."""
+    trained = [r for r in records if r.kind in TRAINED_KINDS and r.status == JobStatus.SUCCEEDED]
+    for configuration in rank(trained):
+        repeats = sorted(configuration.members, key=lambda r: -(r.metrics.val_accuracy or 0.0))
+        for model in repeats:
+            evaluation = evaluation_of(records, model)
+            if evaluation is not None and evaluation.metrics.test_accuracy is not None:
+                return evaluation
+    return None
+
+
+def _evaluated_note(records: Sequence[JobRecord], evaluation: JobRecord) -> str:
+    """What the report says of the chosen model: how it was chosen, its validation and test scores."""
+    model = next(r for r in records if r.job_id == evaluation.spec.parent_job_id)
+    test = evaluation.metrics.test_accuracy or 0.0
+    low, high = wilson(test, example_count(evaluation.metrics, "test_examples"))
+    interval = f" (95% interval [{low:.3f}, {high:.3f}])" if low is not None else ""
+    val = model.metrics.val_accuracy
+    validation = f"validation accuracy {val:.4f}, " if val is not None else ""
+    return (f"best evaluated model, chosen by validation: job {evaluation.job_id} (model of job {model.job_id}, "
+            f"{model.spec.model.architecture}/{model.spec.optimizer.name}): {validation}test accuracy {test:.4f}"
+            f"{interval}" + (f", test loss {loss:.4f}" if (loss := evaluation.metrics.test_loss) is not None else ""))
 
 
 def _reason(exc: Exception) -> str:

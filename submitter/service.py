@@ -12,17 +12,29 @@ from typing import TYPE_CHECKING, Any
 
 from shared.ports import ArtifactStore, Backend
 from shared.errors import BadInputError, NotFoundError
-from shared.followups import enqueue_finetune, enqueue_followups, evaluate_spec, evaluation_candidates, finetune_settings
+from shared.followups import (
+    CANCELLED_STAGE,
+    enqueue_finetune,
+    enqueue_followups,
+    evaluate_spec,
+    evaluation_candidates,
+    finetune_settings,
+    with_ids,
+)
 from shared.jobs import JobRecord, StudyRecord
 from shared.manifest import MANIFEST_NAME
+from shared.reconcile import ReconcilePolicy, ReconcileReport, cancel_jobs, needs_cancel, reconcile
 from shared.status import JobStatus
-from shared.study import StudySpec, expand, job_count, parse_study
-from shared.submission import SubmitReport, enqueue_record, submit_jobs
+from shared.study import MAX_STUDY_BYTES, StudySpec, expand, job_count, parse_study, study_warnings
+from shared.submission import SubmitReport, enqueue_records, submit_jobs
 
 if TYPE_CHECKING:
     import pandas as pd
 
 CLOCK_SKEW_S = 300.0  # how far ahead of ours a teammate's clock may be before a stamp is implausible
+CANCEL_PASSES = 10  # `cancel` passes at most: each one acts on what moved during the last
+# `submit` repairs are asked for by a person: a message sent before now may be the lost one.
+ON_DEMAND = ReconcilePolicy(resend_grace_s=0.0)
 
 
 # --- studies ---------------------------------------------------------------------------------
@@ -31,7 +43,10 @@ CLOCK_SKEW_S = 300.0  # how far ahead of ours a teammate's clock may be before a
 def load_study_file(path: Path) -> StudySpec:
     """Read, validate and resolve a study file. The dataset becomes an absolute location."""
     try:
-        text = Path(path).read_bytes()  # parse_study decodes: a file that is not UTF-8 is bad input
+        with Path(path).open("rb") as file:  # parse_study decodes: a file that is not UTF-8 is bad input
+            # One byte past the limit is enough for parse_study to refuse it: `/dev/zero` or a
+            # huge file is never read whole.
+            text = file.read(MAX_STUDY_BYTES + 1)
     except OSError as exc:
         raise BadInputError(f"cannot read study file: {exc.strerror}", str(path)) from None
     spec = parse_study(text, source=str(path))
@@ -57,11 +72,12 @@ class Plan:
     job_count: int
     jobs: list[dict[str, Any]]
     estimate: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)  # shared.study.study_warnings: what can only give noise
 
 
 def plan_study(spec: StudySpec, backend: Backend | None, price_per_hour: float | None) -> Plan:
     jobs = [{"job_id": job_id, **job_parameters(job)} for job_id, job in expand(spec)]
-    return Plan(spec.study_id, len(jobs), jobs, estimate_cost(spec, backend, price_per_hour))
+    return Plan(spec.study_id, len(jobs), jobs, estimate_cost(spec, backend, price_per_hour), study_warnings(spec))
 
 
 def job_parameters(job: Any) -> dict[str, Any]:
@@ -146,18 +162,51 @@ def _check_object(artifacts: ArtifactStore, location: str, path: str, what: str)
         raise BadInputError(f"no {what} {artifacts.uri(key)} in the artifact store", path)
 
 
+@dataclass
+class StudySubmission(SubmitReport):
+    repair: ReconcileReport | None = None  # what the reconciler did for a study submitted again
+    warnings: list[str] = field(default_factory=list)  # shared.study.study_warnings: submitted all the same
+
+
 def submit_study(
-    backend: Backend, spec: StudySpec, price_per_hour: float | None = None, progress: Callable[[int], None] | None = None
-) -> SubmitReport:
+    backend: Backend,
+    spec: StudySpec,
+    price_per_hour: float | None = None,
+    progress: Callable[[int], None] | None = None,
+    policy: ReconcilePolicy = ON_DEMAND,
+) -> StudySubmission:
     """Check what the study names in the artifact store, record the study and enqueue its missing
-    jobs. Submitting again creates nothing new."""
+    jobs. Submitting again creates nothing new, and finishes what the study lacks: the reconciler
+    runs for it (`report.repair`), so messages lost or never sent are sent.
+
+    Raises:
+        BadInputError: the study was cancelled (`name`): its jobs stay cancelled.
+    """
     check_store_references(spec, backend)
+    now = time.time()
     study = StudyRecord(
-        study_id=spec.study_id, name=spec.name, created_at=time.time(),
+        study_id=spec.study_id, name=spec.name, created_at=now,
         spec=spec.model_dump(mode="json"), job_count=job_count(spec), price_per_hour=price_per_hour,
     )
-    backend.store.put_study(study)
-    return submit_jobs(backend.store, backend.queue, spec.study_id, expand(spec), progress)
+    new = backend.store.put_study(study)
+    if not new:
+        _refuse_cancelled(backend, spec.study_id)
+    report = StudySubmission(**vars(submit_jobs(backend.store, backend.queue, spec.study_id, expand(spec), progress, now)))
+    report.warnings = study_warnings(spec)
+    if not new:  # the same `now`: what submit_jobs just sent is not sent again
+        report.repair = reconcile(backend, policy, now, [spec.study_id])
+    return report
+
+
+def _refuse_cancelled(backend: Backend, study_id: str) -> None:
+    existing = backend.store.get_study(study_id)
+    if existing is not None and CANCELLED_STAGE in existing.stages:
+        raise BadInputError(f"study {study_id} was cancelled; its jobs stay cancelled (give the study a new name to run it again)", "name")
+
+
+def repair(backend: Backend, study_id: str | None = None, policy: ReconcilePolicy = ON_DEMAND) -> ReconcileReport:
+    """Run the reconciler now, for one study or (None) every study: `submit repair`."""
+    return reconcile(backend, policy, time.time(), [study_id] if study_id else None)
 
 
 def resolve_study_id(backend: Backend, study: str | None, now: float | None = None) -> str:
@@ -229,6 +278,7 @@ class StudyStatus:
     stale: int = 0
     finished: bool = False
     eta_s: float | None = None
+    failed: list[dict[str, Any]] = field(default_factory=list)  # FAILED jobs with their reason
 
     def document(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "running"} | {"running": self.running}
@@ -248,9 +298,16 @@ def study_status(backend: Backend, study_id: str, stale_after_s: float, now: flo
         queue={"visible": queue.visible, "in_flight": queue.in_flight, "dead_lettered": queue.dead},
         running=running, stale=sum(1 for r in running if r["stale"]),
         finished=bool(jobs) and all(j.status.finished for j in jobs),
+        failed=[_failed_row(j) for j in jobs if j.status == JobStatus.FAILED],
     )
     status.eta_s = _eta(jobs)
     return status
+
+
+def _failed_row(job: JobRecord) -> dict[str, Any]:
+    """A FAILED job and why: its error, e.g. "dead-lettered after 3 own failures: ..." when the
+    reconciler recorded it from the dead-letter queue."""
+    return {"job_id": job.job_id, "kind": job.kind, "failures": job.failures, "error": job.error}
 
 
 def _running_row(job: JobRecord, now: float, stale_after_s: float) -> dict[str, Any]:
@@ -290,17 +347,66 @@ def finetune(backend: Backend, study_id: str, top: int, unfreeze_from: int | str
     return report
 
 
-def evaluate(backend: Backend, study_id: str, top: int, job_id: str | None = None) -> SubmitReport:
+@dataclass(frozen=True)
+class Evaluation:
+    """A model's evaluation on the test split, as its record stands: the recorded result once it
+    SUCCEEDED, else its status (QUEUED, RUNNING, FAILED...) and error."""
+
+    model_job_id: str
+    evaluation_job_id: str
+    status: str
+    test_accuracy: float | None = None
+    test_loss: float | None = None
+    test_examples: int | None = None
+    error: str | None = None
+
+    @classmethod
+    def of(cls, model_job_id: str, record: JobRecord) -> Evaluation:
+        examples = (record.metrics.model_extra or {}).get("test_examples")
+        return cls(model_job_id, record.job_id, record.status.value, record.metrics.test_accuracy,
+                   record.metrics.test_loss, int(examples) if isinstance(examples, (int, float)) else None, record.error)
+
+
+@dataclass
+class EvaluateReport(SubmitReport):
+    evaluations: list[Evaluation] = field(default_factory=list)  # one per model asked for, in order
+
+
+def evaluate(backend: Backend, study_id: str, top: int, job_id: str | None = None) -> EvaluateReport:
+    """Evaluate the study's best `top` models (or the model of job `job_id`) on the test split.
+
+    A model is evaluated once: the evaluation's id follows from its model's, so asking again
+    creates no job and reports the recorded result (or the evaluation's status, while it runs).
+    An evaluate job named as `job_id` stands for its model.
+
+    Raises:
+        BadInputError: the job has not succeeded, or the study has no succeeded model yet.
+    """
+    targets = _evaluation_targets(backend, study_id, top, job_id)
+    specs = [evaluate_spec(target) for target in targets]
+    submitted = enqueue_followups(backend.store, backend.queue, study_id, specs)
+    report = EvaluateReport(**vars(submitted))
+    for target, (evaluation_id, _) in zip(targets, with_ids(study_id, specs)):
+        record = backend.store.get_job(study_id, evaluation_id)
+        if record is not None:  # None only if it was deleted between the two calls
+            report.evaluations.append(Evaluation.of(target.job_id, record))
+    return report
+
+
+def _evaluation_targets(backend: Backend, study_id: str, top: int, job_id: str | None) -> list[JobRecord]:
+    """The models to evaluate: the named job's (an evaluation's parent), else the best `top`."""
     jobs = backend.store.list_jobs(study_id)
-    if job_id:
-        targets = [j for j in jobs if j.job_id == job_id and j.status == JobStatus.SUCCEEDED]
-        if not targets:
-            raise BadInputError(f"job {job_id} has not succeeded (or does not exist)", "JOB")
-    else:
+    if not job_id:
         targets = evaluation_candidates(jobs, check_top(top))
         if not targets:
             raise BadInputError("no succeeded jobs to evaluate yet", "STUDY")
-    return enqueue_followups(backend.store, backend.queue, study_id, [evaluate_spec(t) for t in targets])
+        return targets
+    named = next((j for j in jobs if j.job_id == job_id), None)
+    if named is not None and named.kind == "evaluate":
+        named = next((j for j in jobs if j.job_id == named.spec.parent_job_id), None)
+    if named is None or named.status != JobStatus.SUCCEEDED:
+        raise BadInputError(f"job {job_id} has not succeeded (or does not exist)", "JOB")
+    return [named]
 
 
 def parse_layer(value: str | None) -> int | str | None:
@@ -312,44 +418,55 @@ def parse_layer(value: str | None) -> int | str | None:
         return value
 
 
-def retry(backend: Backend, study_id: str, failed: bool = True, dead_lettered: bool = False) -> list[str]:
-    """Re-enqueue jobs from their records (never from a dead-letter body): FAILED ones, and with
-    `dead_lettered` the unfinished jobs whose message the queue's redrive moved aside."""
-    store, now = backend.store, time.time()
-    dead = dead_letter_ids(backend) if dead_lettered else set()
-    retried = []
-    for job in store.list_jobs(study_id):
-        if failed and job.status == JobStatus.FAILED:
-            ok = store.reset(study_id, job.job_id, [JobStatus.FAILED], JobStatus.QUEUED, {"error": None})
-        elif job.job_id in dead and job.status == JobStatus.QUEUED:
-            ok = True
-        elif job.job_id in dead and job.status == JobStatus.RUNNING and job.lease_expired(now):
-            ok = store.reset(study_id, job.job_id, [JobStatus.RUNNING], JobStatus.QUEUED, {"lease_owner": None})
-        else:
-            continue
-        if ok:
-            enqueue_record(backend.queue, job)
-            retried.append(job.job_id)
+def retry(
+    backend: Backend, study_id: str, failed: bool = True, dead_lettered: bool = False, policy: ReconcilePolicy = ON_DEMAND
+) -> list[str]:
+    """Re-enqueue jobs from their records (never from a dead-letter body); the ids re-enqueued.
+
+    `failed`: FAILED jobs become QUEUED with their error and failure count cleared (a fresh
+    budget of `max_failures`), then get one message each (`enqueue_records`). Stopped between the
+    two, they are QUEUED with no message sent, which the reconciler (or this, run again) sends.
+    `dead_lettered`: the study's repair (`repair`): dead letters re-driven, or recorded FAILED at
+    their failure limit, and deleted, so running it again does nothing new.
+    """
+    reset = _reset_failed(backend, study_id) if failed else []
+    enqueue_records(backend.store, backend.queue, reset, time.time())
+    retried = [job.job_id for job in reset]
+    if dead_lettered:
+        retried += repair(backend, study_id, policy).redriven
     return retried
 
 
-def dead_letter_ids(backend: Backend) -> set[str]:
-    ids = set()
-    for body in backend.queue.dead_letters(limit=1000):
-        try:
-            ids.add(json.loads(body)["job_id"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return ids
+RETRY_CHANGES = {"error": None, "failures": 0, "enqueued_at": None, "finished_at": None}
 
 
-def cancel(backend: Backend, study_id: str) -> dict[str, int]:
-    """QUEUED jobs become CANCELLED (their messages are dropped on receipt); RUNNING ones stop at the next epoch."""
-    store = backend.store
-    cancelled = flagged = 0
-    for job in store.list_jobs(study_id):
-        if job.status == JobStatus.QUEUED:
-            cancelled += store.reset(study_id, job.job_id, [JobStatus.QUEUED], JobStatus.CANCELLED, {"finished_at": time.time()})
-        elif job.status == JobStatus.RUNNING and not job.cancel_requested:
-            flagged += store.request_cancel(study_id, job.job_id)
-    return {"cancelled": cancelled, "stopping": flagged}
+def _reset_failed(backend: Backend, study_id: str) -> list[JobRecord]:
+    """The study's FAILED jobs, moved back to QUEUED (one that moved meanwhile is left out)."""
+    moved = []
+    for job in backend.store.list_jobs(study_id, JobStatus.FAILED):
+        if backend.store.reset(study_id, job.job_id, [JobStatus.FAILED], JobStatus.QUEUED, RETRY_CHANGES):
+            moved.append(job)
+    return moved
+
+
+def cancel(backend: Backend, study_id: str, now: float | None = None) -> dict[str, int]:
+    """Cancel a study: no follow-up starts after this; QUEUED jobs become CANCELLED (their
+    messages are dropped on receipt), RUNNING ones stop at their next epoch (or, abandoned by
+    their worker, are finished CANCELLED).
+
+    It acts on fresh state: pass after pass until none finds a job left to act on (one claimed or
+    preempted meanwhile is cancelled or flagged by the next pass); the reconciler cancels what
+    arrives later (a follow-up started by a worker that had not seen the mark).
+    """
+    store, now = backend.store, time.time() if now is None else now
+    store.mark_stage(study_id, CANCELLED_STAGE)
+    for _ in range(CANCEL_PASSES):
+        pending = [job for job in store.list_jobs(study_id) if needs_cancel(job, now)]
+        if not pending:
+            break
+        cancel_jobs(store, pending, now)
+    jobs = store.list_jobs(study_id)
+    return {
+        "cancelled": sum(1 for j in jobs if j.status is JobStatus.CANCELLED),
+        "stopping": sum(1 for j in jobs if j.status is JobStatus.RUNNING and j.cancel_requested),
+    }

@@ -1,9 +1,11 @@
-# Worker launch template: Deep Learning AMI (GPU, TensorFlow), IMDSv2 only, encrypted gp3
-# volumes, user data that mounts the data volume at /data and starts `worker run` under
-# systemd. The user data holds names and numbers only: credentials come from the instance
-# profile through IMDSv2.
+# Worker launch template: the Deep Learning Base GPU AMI (Ubuntu 24.04: NVIDIA driver, Docker,
+# AWS CLI, Python 3.12; no framework), IMDSv2 only, encrypted gp3 volumes, user data that mounts
+# the data volume at /data, installs the worker's wheel from the bucket (`submit deploy worker`)
+# with TensorFlow into a venv and starts `worker run` under systemd (terraform/README.md).
+# The user data holds names and numbers only: credentials come from the instance profile
+# through IMDSv2.
 
-# The latest Deep Learning AMI by name, or the one given in var.ami_id.
+# The latest Deep Learning Base GPU AMI by name, or the one given in var.ami_id.
 data "aws_ami" "worker" {
   most_recent = true
   owners      = var.ami_id == null ? ["amazon"] : null

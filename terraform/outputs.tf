@@ -69,3 +69,18 @@ output "env_exports" {
     "AWS_DEFAULT_REGION=${var.region}",
   ])
 }
+
+output "reconciler_function_name" {
+  description = "The scheduled reconciler's Lambda function (null until reconciler_package_key is set): aws logs tail /aws/lambda/<name>"
+  value       = one(aws_lambda_function.reconciler[*].function_name)
+}
+
+output "submitter_policy_arn" {
+  description = "The least-privilege policy for the people who run `submit` on this stack: aws iam attach-user-policy --user-name NAME --policy-arn <arn>"
+  value       = aws_iam_policy.submitter.arn
+}
+
+output "submitter_policy_json" {
+  description = "The submitter policy's document (for an identity-center permission set or another account's role)"
+  value       = data.aws_iam_policy_document.submitter.json
+}

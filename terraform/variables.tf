@@ -199,7 +199,7 @@ variable "instance_warmup_s" {
 }
 
 variable "ami_id" {
-  description = "Worker AMI. null: the latest AWS Deep Learning AMI matching ami_name_pattern."
+  description = "Worker AMI. null: the latest AMI matching ami_name_pattern (the Deep Learning Base GPU AMI, Ubuntu 24.04)."
   type        = string
   default     = null
 
@@ -210,9 +210,9 @@ variable "ami_id" {
 }
 
 variable "ami_name_pattern" {
-  description = "Name filter of the Deep Learning AMI (owner amazon) used when ami_id is null."
+  description = "Name filter of the AMI (owner amazon) used when ami_id is null: AWS's maintained base GPU AMI (NVIDIA driver, CUDA, Docker with the NVIDIA container toolkit, AWS CLI, Python 3.12) with no framework; the bootstrap installs the worker and TensorFlow's CUDA build into a venv."
   type        = string
-  default     = "Deep Learning OSS Nvidia Driver AMI GPU TensorFlow * (Ubuntu 22.04) *"
+  default     = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 24.04) *"
 }
 
 variable "root_volume_size_gb" {
@@ -278,26 +278,20 @@ variable "subnet_ids" {
 }
 
 variable "worker_package" {
-  description = "pip requirement installed on the instance when worker_image is empty, with the worker extra (TensorFlow, Keras): spotsweep[worker]==0.1.0, or a wheel or git URL as spotsweep[worker] @ https://.../spotsweep-0.1.0-py3-none-any.whl."
+  description = "The worker wheel in the stack's bucket that instances install (with the worker extra) when worker_image is empty. Empty: the one `submit deploy worker` last published (deploy/worker-wheel.txt names it, with its SHA-256). Or a key it printed, deploy/spotsweep-VERSION-py3-none-any.whl, to pin one. Never a package index name: the wheel is built from this repository."
   type        = string
-  default     = "spotsweep[worker]"
+  default     = ""
 
   validation {
-    condition     = length(var.worker_package) > 0 && !can(regex("[\"'`$\\\\\\n]", var.worker_package))
-    error_message = "worker_package must be non-empty and contain no quotes, backticks, dollar signs, backslashes or newlines."
-  }
-
-  # Plain spotsweep is the submitter alone: the instance would boot without TensorFlow.
-  validation {
-    condition     = can(regex("^spotsweep\\[([A-Za-z0-9_-]+,)*worker(,[A-Za-z0-9_-]+)*\\]", var.worker_package))
-    error_message = "worker_package must install the worker extra: spotsweep[worker], spotsweep[worker]==VERSION or spotsweep[worker] @ URL."
+    condition     = var.worker_package == "" || can(regex("^deploy/spotsweep-[A-Za-z0-9._+]+-py3-none-any\\.whl$", var.worker_package))
+    error_message = "worker_package must be empty (the wheel `submit deploy worker` last published) or a key like deploy/spotsweep-0.1.0-py3-none-any.whl."
   }
 }
 
 variable "worker_python" {
-  description = "Python of the AMI's TensorFlow environment that worker_package is installed into (falls back to a venv on the system python3 if absent)."
+  description = "Python the bootstrap makes the worker's venv with (>= 3.11, pyproject.toml's requires-python). The default AMI family (Deep Learning Base OSS Nvidia Driver GPU AMI, Ubuntu 24.04) has Python 3.12 there."
   type        = string
-  default     = "/opt/tensorflow/bin/python3"
+  default     = "/usr/bin/python3"
 
   validation {
     condition     = can(regex("^/[A-Za-z0-9._/-]+$", var.worker_python))
@@ -306,7 +300,7 @@ variable "worker_python" {
 }
 
 variable "worker_image" {
-  description = "Worker container image (this repo's Dockerfile). When set, the instance runs `docker run --gpus all` of it instead of installing worker_package. The registry must be readable without credentials (or extend the role for ECR)."
+  description = "Worker container image (this repo's Dockerfile). When set, the instance runs `docker run --gpus all` of it instead of installing worker_package. An ECR image (ACCOUNT.dkr.ecr.REGION.amazonaws.com/...) is pulled after `aws ecr get-login-password` with the instance profile; other registries must be readable without credentials."
   type        = string
   default     = ""
 
@@ -320,4 +314,52 @@ variable "price_per_hour" {
   description = "USD per instance-hour for cost accounting (SPOTSWEEP_PRICE_PER_HOUR). null: the worker looks up the spot price itself."
   type        = number
   default     = null
+}
+
+# ---------------------------------------------------------------------------------------
+# Scheduled reconciler (reconciler.tf)
+# ---------------------------------------------------------------------------------------
+
+variable "reconciler_package_key" {
+  description = "Key in the artifacts bucket of the reconciler function's zip, as printed by `submit deploy reconciler` (deploy/reconciler-<version>-<hash>.zip). Empty: no function, schedule or role is created (the stack applies before the package exists)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.reconciler_package_key == "" || can(regex("^deploy/reconciler-[A-Za-z0-9._+-]+\\.zip$", var.reconciler_package_key))
+    error_message = "reconciler_package_key must be empty or a key like deploy/reconciler-0.1.0-0123456789ab.zip (what `submit deploy reconciler` prints)."
+  }
+}
+
+variable "reconcile_interval_minutes" {
+  description = "Minutes between runs of the scheduled reconciler (SPOTSWEEP_RECONCILE_INTERVAL_S on the function): how long a purged or expired job waits for its message with no worker up."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.reconcile_interval_minutes >= 1 && var.reconcile_interval_minutes <= 60 && floor(var.reconcile_interval_minutes) == var.reconcile_interval_minutes
+    error_message = "reconcile_interval_minutes must be a whole number from 1 to 60."
+  }
+}
+
+variable "reconciler_log_retention_days" {
+  description = "Days the reconciler function's log group keeps its lines (one JSON line per run)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.reconciler_log_retention_days)
+    error_message = "reconciler_log_retention_days must be one of CloudWatch Logs' retention periods (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, ... 3653)."
+  }
+}
+
+variable "reconciler_reserved_concurrency" {
+  description = "Reserved concurrency of the reconciler function: 1 (one run at a time even if one overruns its interval), or -1 (none) on accounts whose concurrency quota is too small to reserve from (new accounts with a quota of 10: AWS keeps 10 unreserved). The store lock keeps runs one at a time either way."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = contains([-1, 1], var.reconciler_reserved_concurrency)
+    error_message = "reconciler_reserved_concurrency must be 1 or -1."
+  }
 }

@@ -77,8 +77,12 @@ def aws_subprocess_env(endpoint: str, base: dict[str, str] | None = None) -> dic
 #    conditions are evaluated (moto 5 knows only StringEquals and takes any other as true); and a
 #    statement whose condition does not hold does not apply, as on AWS (moto 5 makes it a Deny).
 #    Without these, the TLS-only bucket policy of `submit init` denies every object request here.
+# 4. With IAM enforced (INITIAL_NO_AUTH_ACTION_COUNT set: `MotoServer(no_auth_requests=N)`), a
+#    DynamoDB request is checked against its table's ARN (index: table/T/index/I) as on AWS;
+#    moto 5 checks every DynamoDB call against "*", which no policy scoped to a table matches;
+#    likewise GetQueueUrl is checked against its queue's ARN (moto 5: "*").
 SERVER_CODE = r"""
-import copy, re, sys, threading, types
+import copy, json, os, re, sys, threading, types
 from werkzeug.serving import run_simple
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 import moto.dynamodb.models as dynamodb_models
@@ -117,6 +121,39 @@ def transact_write_items(self, transact_items):
 if hasattr(dynamodb_models, "copy"):
     dynamodb_models.DynamoDBBackend.transact_write_items = transact_write_items
 
+def table_and_index(body):
+    if body.get("TableName"):
+        return body["TableName"], body.get("IndexName")
+    for item in body.get("TransactItems", []):  # one table per transaction in this project
+        for part in item.values():
+            return part.get("TableName"), None
+    for name in body.get("RequestItems", {}):  # BatchWriteItem / BatchGetItem
+        return name, None
+    return None, None
+
+def dynamodb_resource(self):
+    body = self.body if isinstance(self.body, dict) else json.loads(self.body or "{}")
+    table, index = table_and_index(body)
+    if not table:
+        return "*"
+    arn = f"arn:aws:dynamodb:{self.region}:{self.current_account}:table/{table}"
+    return f"{arn}/index/{index}" if index else arn
+
+def sqs_resource(self):
+    if self._get_action() == "GetQueueUrl":  # named by QueueName, which moto 5 does not look at
+        try:
+            return self.sqs_backend.get_queue(self._get_param("QueueName")).queue_arn
+        except Exception:
+            return "*"
+    return _sqs_resource(self)
+
+if os.environ.get("INITIAL_NO_AUTH_ACTION_COUNT"):
+    import moto.dynamodb.responses as dynamodb_responses
+    import moto.sqs.responses as sqs_responses
+    dynamodb_responses.DynamoHandler._determine_resource = dynamodb_resource
+    _sqs_resource = sqs_responses.SQSResponse._determine_resource
+    sqs_responses.SQSResponse._determine_resource = sqs_resource
+
 app = DomainDispatcherApplication(create_backend_app)
 lock = threading.Lock()
 scope = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/")
@@ -135,7 +172,11 @@ run_simple(sys.argv[1], int(sys.argv[2]), serialized, threaded=True, request_han
 class MotoServer:
     """moto's server (see SERVER_CODE) in a subprocess on 127.0.0.1 and a free port."""
 
-    def __init__(self) -> None:
+    def __init__(self, no_auth_requests: int | None = None) -> None:
+        """`no_auth_requests`: None serves everyone (the default); N enforces IAM after the first
+        N requests (moto's INITIAL_NO_AUTH_ACTION_COUNT): every later request must be signed by
+        an IAM user's access key and be allowed by that user's policies."""
+        self.no_auth_requests = no_auth_requests
         self.process: subprocess.Popen[bytes] | None = None
         self.endpoint = ""
         self._log = tempfile.NamedTemporaryFile(prefix="moto-server-", suffix=".log", delete=False)
@@ -149,7 +190,7 @@ class MotoServer:
                 [sys.executable, "-c", SERVER_CODE, "127.0.0.1", str(port)],
                 stdout=self._log,
                 stderr=subprocess.STDOUT,
-                env={**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, "MOTO_PORT": str(port)},
+                env=self._server_env(port),
             )
             deadline = time.monotonic() + START_TIMEOUT_S
             while time.monotonic() < deadline:
@@ -164,6 +205,13 @@ class MotoServer:
             self.stop()
         log = Path(self._log.name).read_text(errors="replace")[-2000:]
         raise RuntimeError(f"{last_error}; its log ({self._log.name}):\n{log}")
+
+    def _server_env(self, port: int) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.pop("INITIAL_NO_AUTH_ACTION_COUNT", None)
+        if self.no_auth_requests is not None:
+            env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(self.no_auth_requests)
+        return {**env, "MOTO_PORT": str(port)}
 
     def stop(self) -> None:
         process, self.process = self.process, None

@@ -7,6 +7,10 @@
 
 Like the real service it requires a token: `PUT /latest/api/token` (with the TTL header) returns
 one, and every metadata GET without a valid `X-aws-ec2-metadata-token` gets 401.
+
+A misbehaving service on request: `imds.break_metadata("garbage")` answers every metadata GET
+with a line that is not HTTP, `"truncated"` with a body shorter than its Content-Length,
+`imds.heal()` restores it; `arm_raw_notice(body)` answers the notice with any body.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class FakeImds:
             "placement/availability-zone": availability_zone,
         }
         self.notice_armed_at: float | None = None
+        self.broken: str | None = None  # None | "garbage" | "truncated"
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-imds", daemon=True)
@@ -75,6 +80,20 @@ class FakeImds:
         now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         with self._lock:
             self._paths["events/recommendations/rebalance"] = json.dumps({"noticeTime": now})
+
+    def arm_raw_notice(self, body: str) -> None:
+        """`spot/instance-action` answers 200 with exactly `body` (e.g. JSON that is not an object)."""
+        with self._lock:
+            self._paths["spot/instance-action"] = body
+            self.notice_armed_at = time.time()
+
+    def break_metadata(self, mode: str) -> None:
+        if mode not in ("garbage", "truncated"):
+            raise ValueError(f"unknown failure mode {mode!r}")
+        self.broken = mode
+
+    def heal(self) -> None:
+        self.broken = None
 
     def disarm(self) -> None:
         with self._lock:
@@ -120,8 +139,21 @@ def _handler_for(imds: FakeImds) -> type[BaseHTTPRequestHandler]:
             imds.tokens.add(token)
             self._send(200, token)
 
+        def _misbehave(self, mode: str) -> None:
+            self.close_connection = True
+            if mode == "garbage":
+                self.wfile.write(b"NOT HTTP AT ALL\r\n\r\n")
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", "100")
+            self.end_headers()
+            self.wfile.write(b"{\"act")
+
         def do_GET(self) -> None:  # noqa: N802
             imds.requests[self.path] += 1
+            if imds.broken is not None:
+                self._misbehave(imds.broken)
+                return
             if not self.path.startswith(META_PREFIX):
                 self._send(404, "Not Found")
                 return

@@ -1,15 +1,18 @@
 """`worker`: the job loop's command line (and `predict`, and `weights` for frozen bases). Thin:
 parse, call `worker.loop` or `worker.training`, report.
 
-Exit codes: 0 done, 1 failure (a missing queue/table/bucket, a fatal error), 2 bad input.
+Exit codes: 0 done, 1 failure (a missing queue/table/bucket, a fatal error), 2 bad input, 3
+stopped without leaving its autoscaling group. In a group (AWS, `SPOTSWEEP_ASG_NAME`), 0 means
+the instance left the group (idle, or a spot notice after the job was put back): the systemd
+unit ends cleanly and the instance terminates. A stop that has not left (the group is at its
+`min_size`, a leave call failed, a signal, `--max-jobs`) is 3, which the unit restarts: the
+instance keeps working instead of idling, paid, with no worker.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,8 +27,12 @@ from shared.ports import Backend
 from shared.errors import BadInputError, FatalError, SpotsweepError
 from shared.jobs import ModelSpec
 from worker import logs
+from worker.asg import ScaleInGuard
+from worker.gpu import machine_gpus, per_gpu_envs, prepare_gpus
+from worker.housekeeping import Housekeeper
 from worker.imds import Imds, SpotWatcher, on_ec2
 from worker.loop import Policy, Worker
+from worker.processes import run_processes
 from worker.settings import WorkerSettings
 from worker.stop import ColdStop, StopFlag
 
@@ -33,6 +40,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="spotsweep wo
 weights_app = typer.Typer(no_args_is_help=True, help="Pretrained weights for frozen bases: ImageNet's, or calibrated ones.")
 app.add_typer(weights_app, name="weights")
 log = logging.getLogger("spotsweep.worker")
+EXIT_NOT_LEFT = 3  # stopped, still in its autoscaling group: systemd starts the worker again
 
 
 @app.callback()
@@ -45,6 +53,7 @@ def run(
     until_empty: bool = typer.Option(False, "--until-empty", help="Exit once the queue has no visible or in-flight messages."),
     max_jobs: Optional[int] = typer.Option(None, "--max-jobs", min=1, help="Exit after this many jobs."),
     concurrency: int = typer.Option(1, "--concurrency", min=1, max=64, help="Worker processes to run on this machine."),
+    per_gpu: bool = typer.Option(False, "--per-gpu", help="One worker process per GPU (nvidia-smi -L), each pinned to its own; overrides --concurrency."),
     idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout", min=0, help="Exit (and leave the autoscaling group on AWS) after this many idle seconds."),
     backend: Optional[str] = typer.Option(None, "--backend", help="local or aws (default: SPOTSWEEP_BACKEND)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Dataset cache and scratch (default: $SPOTSWEEP_HOME/cache)."),
@@ -56,8 +65,10 @@ def run(
     logs.configure(settings.log_format)
     set_pixel_limit(settings.max_image_pixels)  # every image this process decodes is checked against it
     policy = Policy(until_empty=until_empty, max_jobs=max_jobs, idle_timeout_s=idle_timeout)
+    if per_gpu:
+        raise typer.Exit(_run_per_gpu(settings, policy))
     if concurrency > 1:
-        raise typer.Exit(_run_processes(concurrency))
+        raise typer.Exit(run_processes(concurrency, _strip_concurrency(sys.argv[1:])))
     raise typer.Exit(_run_one(settings, policy))
 
 
@@ -70,12 +81,30 @@ def _settings(**overrides: Any) -> WorkerSettings:
         raise typer.Exit(2) from None
 
 
+def _run_per_gpu(settings: WorkerSettings, policy: Policy) -> int:
+    """One child per GPU with CUDA_VISIBLE_DEVICES=<i>; one worker in this process when
+    nvidia-smi lists none (a CPU machine runs the same unit)."""
+    count = len(machine_gpus())
+    if count == 0:
+        log.warning("--per-gpu: nvidia-smi lists no GPU; running one worker", extra={"event": "no_gpus"})
+        return _run_one(settings, policy)
+    log.info("starting %d worker processes, one per GPU", count, extra={"event": "per_gpu", "data": {"gpus": count}})
+    argv = [arg for arg in _strip_concurrency(sys.argv[1:]) if arg != "--per-gpu"]
+    return run_processes(count, argv, per_gpu_envs(os.environ.copy(), count))
+
+
 def _run_one(settings: WorkerSettings, policy: Policy) -> int:
     stop = StopFlag()
     stop.install()
+    guard: ScaleInGuard | None = None
     try:
+        # What killed workers left (temp files, work dirs), and the caches cut to cache_max_bytes.
+        Housekeeper(settings.resolved_cache_dir, settings.cache_max_bytes).sweep()
+        pinned = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if pinned is not None:
+            log.info("worker process pinned to CUDA_VISIBLE_DEVICES=%s", pinned, extra={"event": "gpu_pinned", "data": {"cuda_visible_devices": pinned}})
         backend = open_backend(settings)
-        worker = _build_worker(settings, backend, stop)
+        worker, guard = _build_worker(settings, backend, stop)
         worker.work(policy)
     except ColdStop as exc:
         log.warning("cold stop: %s", exc, extra={"event": "cold_stop"})
@@ -86,24 +115,40 @@ def _run_one(settings: WorkerSettings, policy: Policy) -> int:
     except (FatalError, SpotsweepError) as exc:
         typer.echo(f"error: {exc}", err=True)
         return 1
-    return 1 if (stop.reason or "").startswith("fatal") else 0
+    return exit_status(stop.reason, guard)
 
 
-def _build_worker(settings: WorkerSettings, backend: Backend, stop: StopFlag) -> Worker:
+def exit_status(stop_reason: str | None, guard: ScaleInGuard | None) -> int:
+    """The worker's exit status once its loop ended (see the module docstring). A spot notice
+    (rebalance or interruption) stopped it after its job was checkpointed and settled: it
+    leaves now rather than idle, paid, with its unit ended (the backlog's scaling policy adds
+    capacity where there is some)."""
+    if (stop_reason or "").startswith("fatal"):
+        return 1
+    if guard is None:  # not in an autoscaling group: done is done
+        return 0
+    if (stop_reason or "").startswith("spot") and not guard.left:
+        guard.leave()
+    return 0 if guard.left else EXIT_NOT_LEFT
+
+
+def _build_worker(settings: WorkerSettings, backend: Backend, stop: StopFlag) -> tuple[Worker, ScaleInGuard | None]:
     from worker.pricing import price_per_hour
     from worker.training import JobRunner  # TensorFlow loads here, not at `worker --help`
 
+    prepare_gpus(settings.require_gpu)  # before any TensorFlow op; refuses a GPU machine whose TensorFlow sees none
     imds = Imds(settings.metadata_url) if settings.metadata_url or on_ec2() else None
     if imds is not None:
         SpotWatcher(imds, stop, settings.spot_poll_s).start()
     guard = _scale_in_guard(settings, imds)
     ec2 = _aws_client("ec2", settings) if imds is not None and settings.backend == "aws" else None
-    return Worker(
+    worker = Worker(
         backend, settings, JobRunner(), stop,
         price_per_hour=price_per_hour(settings.price_per_hour, imds, ec2),
         on_idle_exit=guard.leave if guard else None,
         protect=guard.protect if guard else None,
     )
+    return worker, guard
 
 
 def _aws_client(service: str, settings: WorkerSettings) -> Any:
@@ -113,28 +158,14 @@ def _aws_client(service: str, settings: WorkerSettings) -> Any:
     return boto3.client(service, region_name=settings.region, config=Config(retries={"mode": "standard"}))
 
 
-def _scale_in_guard(settings: WorkerSettings, imds: Imds | None) -> Any:
+def _scale_in_guard(settings: WorkerSettings, imds: Imds | None) -> ScaleInGuard | None:
     if not settings.asg_name or imds is None:
         return None
-    from worker.asg import ScaleInGuard
-
     instance_id = imds.get("instance-id")
-    return ScaleInGuard(_aws_client("autoscaling", settings), settings.asg_name, instance_id) if instance_id else None
-
-
-def _run_processes(count: int) -> int:
-    """Run `count` single-process workers with the same arguments; forward signals to them."""
-    argv = _strip_concurrency(sys.argv[1:])
-    children = [subprocess.Popen([sys.executable, "-m", "worker", *argv], env=os.environ.copy()) for _ in range(count)]
-
-    def forward(signum: int, frame: Any) -> None:
-        for child in children:
-            child.send_signal(signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, forward)
-    codes = [child.wait() for child in children]
-    return max(codes)
+    if not instance_id:
+        return None
+    holders_dir = settings.resolved_cache_dir / "scale-in-holders"  # shared by this instance's worker processes
+    return ScaleInGuard(_aws_client("autoscaling", settings), settings.asg_name, instance_id, holders_dir)
 
 
 def _strip_concurrency(argv: list[str]) -> list[str]:

@@ -18,6 +18,7 @@ log = logging.getLogger("spotsweep.worker.spot")
 
 DEFAULT_METADATA_URL = "http://169.254.169.254"
 TOKEN_TTL_S = 21600
+MAX_BACKOFF_S = 30.0  # the longest wait between polls after failures (a notice gives 120 s)
 
 
 class Imds:
@@ -53,13 +54,27 @@ class Imds:
         return None
 
     def spot_notice(self) -> str | None:
-        """Why this instance is about to go, if it is: an interruption notice or a rebalance recommendation."""
+        """Why this instance is about to go, if it is: an interruption notice or a rebalance recommendation.
+
+        The `instance-action` item exists only while an interruption is scheduled, so any
+        answer there is a notice, even one whose body does not parse (the action is then
+        unknown): a garbled notice still stops the worker warm rather than let the instance
+        be reclaimed mid-epoch."""
         action = self.get("spot/instance-action")
         if action:
-            return f"spot interruption: {json.loads(action).get('action', 'terminate')}"
+            return f"spot interruption: {_action(action)}"
         if self.get("events/recommendations/rebalance"):
             return "spot rebalance recommendation"
         return None
+
+
+def _action(document: str) -> str:
+    try:
+        parsed = json.loads(document)
+    except ValueError:
+        return "unknown action"
+    action = parsed.get("action") if isinstance(parsed, dict) else None
+    return action if isinstance(action, str) else "unknown action"
 
 
 def on_ec2() -> bool:
@@ -75,23 +90,51 @@ def on_ec2() -> bool:
 
 
 class SpotWatcher:
-    """Polls for a spot notice every `interval_s` and asks the worker to stop (warm) on one."""
+    """Polls for a spot notice every `interval_s` and asks the worker to stop (warm) on one.
 
-    def __init__(self, imds: Imds, stop: StopFlag, interval_s: float = 5.0) -> None:
+    The thread outlives every error a poll can meet (the service unreachable, a garbled
+    answer, a bug in parsing one): a watcher that died would let a spot reclaim cut a job off
+    mid-epoch. Each failure is one log line and a longer wait, doubling up to
+    `max_backoff_s` (well inside the two minutes a notice gives); a good poll resets it.
+    """
+
+    def __init__(
+        self, imds: Imds, stop: StopFlag, interval_s: float = 5.0, max_backoff_s: float = MAX_BACKOFF_S
+    ) -> None:
         self.imds, self.stop, self.interval_s = imds, stop, interval_s
+        self.max_backoff_s = max(max_backoff_s, interval_s)
+        self.failures = 0  # consecutive failed polls
         self._thread = threading.Thread(target=self._run, name="spot-watcher", daemon=True)
 
     def start(self) -> SpotWatcher:
         self._thread.start()
         return self
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _run(self) -> None:
-        while not self.stop.wait(self.interval_s):
-            try:
-                notice = self.imds.spot_notice()
-            except (OSError, urllib.error.URLError, ValueError):
-                log.warning("metadata service unreachable", exc_info=True)
-                continue
+        while not self.stop.wait(self._delay_s()):
+            notice = self._poll()
             if notice:
-                log.warning("%s: stopping after the current batch", notice, extra={"event": "spot_notice", "reason": notice})
+                extra = {"event": "spot_notice", "reason": notice}
+                log.warning("%s: stopping after the current batch", notice, extra=extra)
                 self.stop.request(notice)
+
+    def _poll(self) -> str | None:
+        try:
+            notice = self.imds.spot_notice()
+        except Exception as exc:  # whatever a poll raises, the watcher must keep watching
+            self.failures += 1
+            log.warning(
+                "spot watcher: metadata poll failed (%s: %s); next poll in %.0f s",
+                type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "", self._delay_s(),
+                extra={"event": "spot_poll_failed"},
+            )
+            return None
+        self.failures = 0
+        return notice
+
+    def _delay_s(self) -> float:
+        return min(self.interval_s * 2 ** min(self.failures, 30), self.max_backoff_s)  # capped: no float overflow

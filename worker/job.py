@@ -27,7 +27,8 @@ class StopReason(StrEnum):
 
     PREEMPTED = "preempted"  # a spot notice or a first signal: checkpoint, put the job back
     CANCELLED = "cancelled"  # `submit cancel`: the job ends CANCELLED
-    LEASE_LOST = "lease lost"  # another worker owns the job now: write nothing more
+    LEASE_LOST = "lease lost"  # another worker owns the job now (or may): write nothing more
+    HANDOFF = "handoff"  # the message nears the queue's visibility limit: put the job back on a fresh one
 
 
 class JobOutcome(StrEnum):
@@ -39,9 +40,16 @@ class JobOutcome(StrEnum):
 
 @dataclass
 class EpochReport:
+    """One completed epoch. The loop records it with a fenced write of the job's record, and that
+    write is the commit point of the epoch's training state: `state_key` names the state that a
+    resumed attempt loads (see worker.training.state); `artifacts` are record artifacts to point
+    at from now on (this attempt's `log_csv`)."""
+
     epoch: int  # 1-based, the epoch just completed
     metrics: dict[str, float]  # loss, accuracy, val_loss, val_accuracy (+ anything else Keras logs)
     seconds: float
+    state_key: str | None = None
+    artifacts: dict[str, str] = field(default_factory=dict)
 
 
 ShouldStop = Callable[[], StopReason | None]
@@ -64,11 +72,19 @@ class JobContext:
     work_dir: Path  # local scratch for this job (may hold files from an earlier attempt on this host)
     artifacts: ArtifactStore
     prefix: str  # this job's artifact key prefix (shared.paths.job_prefix)
-    parent_prefix: str | None = None  # finetune/evaluate: the parent's best model is f"{parent_prefix}/best.keras"
-    on_epoch: Callable[[EpochReport], None] = _no_report  # after each epoch, AFTER its state is saved
+    attempt: int = 1  # the claim's attempt number: this attempt writes only under `attempt_prefix`
+    state_key: str | None = None  # the record's committed training state (from any attempt); None: none yet
+    parent_checkpoint: str | None = None  # finetune/evaluate: the parent record's `checkpoint` key
+    on_epoch: Callable[[EpochReport], None] = _no_report  # after each epoch, AFTER its state is saved: the commit
     should_stop: ShouldStop = _never_stop  # polled after every batch; a reason stops the job
     feature_cache_prefix: str = "feature-cache"
     cache_dir: Path | None = None  # where decoded-image caches live (default: dataset_dir/.cache)
+
+    @property
+    def attempt_prefix(self) -> str:
+        """Where this attempt writes its files: a worker fenced out of the job keeps writing (if
+        at all) under its own attempt's folder, never over what the new owner reads."""
+        return f"{self.prefix}/attempt-{self.attempt}"
 
     @property
     def local_cache_dir(self) -> Path:
@@ -89,7 +105,7 @@ class JobResult:
     seconds: float  # wall time spent in this attempt
     total_params: int | None
     trainable_params: int | None
-    checkpoint: str | None  # artifact key of the best model (.keras)
+    checkpoint: str | None  # artifact key of the best model (.keras), published by a completed job
     artifacts: dict[str, str] = field(default_factory=dict)  # name -> artifact key (or prefix)
 
     def __post_init__(self) -> None:

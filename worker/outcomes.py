@@ -1,15 +1,23 @@
 """The one place that maps how a job ended to what happens to its record and its message.
 
-| outcome   | record                                   | message                                   |
-|-----------|------------------------------------------|-------------------------------------------|
-| succeeded | RUNNING -> SUCCEEDED with the results     | delete                                    |
-| failed    | RUNNING -> FAILED with the error          | delete                                    |
-| cancelled | RUNNING -> CANCELLED                      | delete                                    |
-| preempted | RUNNING -> QUEUED, preemptions + 1        | send a fresh message, delete the old one  |
-| retry     | RUNNING -> QUEUED with the error          | release with backoff (the redrive counts) |
-|   ...last | RUNNING -> FAILED (receives exhausted)    | move to the dead-letter queue             |
-| fatal     | RUNNING -> QUEUED                         | release at once; the worker stops         |
-| lease_lost| nothing: another worker owns the job      | nothing                                   |
+| outcome   | record                                        | message                                  |
+|-----------|-----------------------------------------------|------------------------------------------|
+| succeeded | RUNNING -> SUCCEEDED with the results          | delete                                   |
+| failed    | RUNNING -> FAILED with the error               | delete                                   |
+| cancelled | RUNNING -> CANCELLED                           | delete                                   |
+| preempted | RUNNING -> QUEUED, preemptions + 1             | send a fresh message, delete the old one |
+| handoff   | RUNNING -> QUEUED, handoffs + 1                | send a fresh message, delete the old one |
+| retry     | RUNNING -> QUEUED with the error, failures + 1 | release with backoff                     |
+|   ...last | RUNNING -> FAILED at failures >= max_failures  | move to the dead-letter queue            |
+| fatal     | RUNNING -> QUEUED with the error               | release at once; the worker stops        |
+| breaker   | RUNNING -> QUEUED with the error               | release at once; the worker stops        |
+| lease_lost| nothing: another worker owns the job (or may)  | nothing                                  |
+
+A job's failures are counted in its record, by the fenced finish of the attempt that failed: only
+its own errors count (retry). A preemption, a handoff, a fatal error of the worker, a cold stop,
+a tripped circuit breaker or a lost lease is not the job's fault and never counts; nor does the
+queue's receive count decide anything (the queue's redrive is only a backstop for messages that
+kill every worker that takes them).
 
 Every record write is fenced by the attempt number, so a fenced-out worker changes nothing.
 """
@@ -30,11 +38,12 @@ from shared.jobs import JobRecord
 from shared.paths import job_prefix
 from shared.ports import ArtifactStore, Delivery, JobQueue, JobStore
 from shared.status import JobStatus
-from shared.submission import enqueue_record
+from shared.submission import enqueue_records
 
 log = logging.getLogger("spotsweep.worker")
 
 MAX_BACKOFF_S = 900
+FORGIVE_LEASE_S = 2.0  # `forgive` holds a job this long at most: a receiver meanwhile waits about as long
 
 
 class OutcomeKind(StrEnum):
@@ -44,8 +53,10 @@ class OutcomeKind(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     PREEMPTED = "preempted"
+    HANDOFF = "handoff"
     RETRY = "retry"
     FATAL = "fatal"
+    BREAKER = "breaker"
     LEASE_LOST = "lease_lost"
 
 
@@ -63,9 +74,9 @@ class Outcome:
 Handler = Callable[[JobRecord, Delivery, Outcome], None]
 
 
-def backoff_s(receive_count: int, base_s: float = 5.0) -> float:
+def backoff_s(failures: int, base_s: float = 5.0) -> float:
     """Exponential backoff with full jitter, capped (SQS allows 12 h; we keep it short)."""
-    return random.uniform(0, min(MAX_BACKOFF_S, base_s * 2 ** max(0, receive_count - 1)))
+    return random.uniform(0, min(MAX_BACKOFF_S, base_s * 2 ** max(0, failures - 1)))
 
 
 @dataclass
@@ -73,8 +84,9 @@ class Settler:
     queue: JobQueue
     store: JobStore
     artifacts: ArtifactStore
-    max_receives: int
+    max_failures: int
     backoff_base_s: float = 5.0
+    clock: Callable[[], float] = time.time
 
     def settle(self, record: JobRecord, delivery: Delivery, outcome: Outcome) -> None:
         extra = {"event": outcome.kind, "job_id": record.job_id, "attempt": record.attempt}
@@ -94,10 +106,12 @@ class Settler:
                 return self._cancelled
             case OutcomeKind.PREEMPTED:
                 return self._preempted
+            case OutcomeKind.HANDOFF:
+                return self._handoff
             case OutcomeKind.RETRY:
                 return self._retry
-            case OutcomeKind.FATAL:
-                return self._fatal
+            case OutcomeKind.FATAL | OutcomeKind.BREAKER:
+                return self._put_back
             case OutcomeKind.LEASE_LOST:
                 return self._lease_lost
             case _:  # the type checker proves this unreachable; at run time it is loud
@@ -108,7 +122,7 @@ class Settler:
         if outcome.error is not None:
             changes["error"] = outcome.error
         if status.finished:
-            changes.setdefault("finished_at", time.time())
+            changes.setdefault("finished_at", self.clock())
         self.store.finish(record.study_id, record.job_id, record.attempt, status, changes)
 
     def _succeeded(self, record: JobRecord, delivery: Delivery, outcome: Outcome) -> None:
@@ -128,28 +142,57 @@ class Settler:
         self._advance(record)
 
     def _preempted(self, record: JobRecord, delivery: Delivery, outcome: Outcome) -> None:
-        # A fresh message, not a release: preemptions must never count towards the dead-letter queue.
-        self._finish(record, JobStatus.QUEUED, outcome, preemptions=record.preemptions + 1)
-        enqueue_record(self.queue, record)
+        self._requeue(record, delivery, outcome, preemptions=record.preemptions + 1)
+
+    def _handoff(self, record: JobRecord, delivery: Delivery, outcome: Outcome) -> None:
+        self._requeue(record, delivery, outcome, handoffs=record.handoffs + 1)
+
+    def _requeue(self, record: JobRecord, delivery: Delivery, outcome: Outcome, **counts: int) -> None:
+        """Back to QUEUED on a fresh message, not a release: the old message may be near the
+        queue's visibility limit, and nothing about it should count against the job. Stopped
+        after the finish, the job is QUEUED with its old stamp and the reconciler sends again."""
+        self._finish(record, JobStatus.QUEUED, outcome, **counts)
+        enqueue_records(self.store, self.queue, [record], self.clock())
         self.queue.delete([delivery.receipt])
 
     def _retry(self, record: JobRecord, delivery: Delivery, outcome: Outcome) -> None:
+        """The job's own error: counted in its record; FAILED (and dead-lettered, so that the
+        alarm fires) once it has failed `max_failures` times, on whichever workers."""
         self._save_traceback(record, outcome)
-        if delivery.receive_count >= self.max_receives:
-            outcome.error = f"gave up after {delivery.receive_count} attempts: {outcome.error}"
-            self._finish(record, JobStatus.FAILED, outcome)
+        failures = record.failures + 1
+        if failures >= self.max_failures:
+            outcome.error = f"gave up after {failures} failures: {outcome.error}"
+            self._finish(record, JobStatus.FAILED, outcome, failures=failures)
             self.queue.dead_letter(delivery, outcome.error)
             self._advance(record)
             return
-        self._finish(record, JobStatus.QUEUED, outcome)
-        self.queue.release(delivery.receipt, backoff_s(delivery.receive_count, self.backoff_base_s))
+        self._finish(record, JobStatus.QUEUED, outcome, failures=failures)
+        self.queue.release(delivery.receipt, backoff_s(failures, self.backoff_base_s))
 
-    def _fatal(self, record: JobRecord, delivery: Delivery, outcome: Outcome) -> None:
+    def _put_back(self, record: JobRecord, delivery: Delivery, outcome: Outcome) -> None:
+        """The worker's fault, not the job's (fatal, breaker): at once, for a healthy worker."""
         self._finish(record, JobStatus.QUEUED, outcome)
         self.queue.release(delivery.receipt, 0)
 
+    def forgive(self, study_id: str, job_id: str, owner: str) -> bool:
+        """Take back one failure that `settle` counted for a job, once the worker knows the failure
+        was its host's (the circuit breaker tripped): claim the job for a moment and finish it
+        QUEUED with `failures - 1`, both fenced, so the count is never written over a newer one.
+
+        Returns:
+            True if the count was taken back; False if the job is running elsewhere or finished
+            (then its failure stays counted: the store has no unfenced way to change it).
+        """
+        claimed = self.store.claim(study_id, job_id, owner, FORGIVE_LEASE_S, self.clock())
+        if claimed is None:
+            return False
+        changes = {"failures": max(0, claimed.failures - 1)}
+        self.store.finish(study_id, job_id, claimed.attempt, JobStatus.QUEUED, changes)
+        return True
+
     def _lease_lost(self, record: JobRecord, delivery: Delivery, outcome: Outcome) -> None:
-        """Another worker took the job over: its writes win, ours would be refused anyway."""
+        """Another worker owns the job, or may from now on: its writes win. Nothing is written,
+        not even the message: it reappears when its visibility lapses (or is someone else's now)."""
 
     def _save_traceback(self, record: JobRecord, outcome: Outcome) -> None:
         if not outcome.traceback:

@@ -4,6 +4,7 @@ price of this instance's type in its availability zone, else 0."""
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 from typing import Any
 
 from worker.imds import Imds
@@ -11,13 +12,22 @@ from worker.imds import Imds
 log = logging.getLogger("spotsweep.worker")
 
 
-def spot_price_per_hour(ec2_client: Any, instance_type: str, availability_zone: str) -> float | None:
+def spot_price_per_hour(
+    ec2_client: Any, instance_type: str, availability_zone: str, now: datetime | None = None
+) -> float | None:
+    """The spot price in effect now: with `StartTime`, AWS returns the price changes since then
+    plus the last change before it (the price in effect at StartTime); without it, the history
+    of up to 90 days, whose first entry may be months old. The latest entry wins."""
+    start = now or datetime.now(timezone.utc)
     response = ec2_client.describe_spot_price_history(
         InstanceTypes=[instance_type], AvailabilityZone=availability_zone,
-        ProductDescriptions=["Linux/UNIX"], MaxResults=1,
+        ProductDescriptions=["Linux/UNIX"], StartTime=start,
     )
     history = response.get("SpotPriceHistory", [])
-    return float(history[0]["SpotPrice"]) if history else None
+    if not history:
+        return None
+    latest = max(history, key=lambda entry: entry["Timestamp"])
+    return float(latest["SpotPrice"])
 
 
 def price_per_hour(configured: float | None, imds: Imds | None, ec2_client: Any | None) -> float:

@@ -31,7 +31,11 @@ class WorkerSettings(BackendConfig, BaseSettings):
     max_message_age_s: float = Field(11.5 * 3600, gt=0)
     breaker_threshold: int = Field(3, ge=1)  # consecutive failures on different jobs before the worker stops
     reconcile_interval_s: float = Field(300.0, gt=0)  # how often an idle worker runs the reconciler
-    cache_max_bytes: int | None = Field(None, ge=0)  # bound on the local caches (None: no bound)
+    # Bound on the local caches (datasets, decoded images, feature copies), least recently used
+    # evicted first at worker start and between jobs (worker.housekeeping). None: no bound.
+    cache_max_bytes: int | None = Field(None, ge=0)
+    # On a machine with GPUs (nvidia-smi -L), refuse to start when TensorFlow sees none (worker.gpu).
+    require_gpu: bool = True
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
     @property

@@ -27,16 +27,17 @@ BASE_VALUES = {
     "cache_dir": "/data/cache",
     "idle_timeout_s": 600,
     "price_per_hour": "",
-    "worker_package": "spotsweep[worker]==0.1.0",
-    "worker_python": "/opt/tensorflow/bin/python3",
+    "worker_package": "",
+    "worker_python": "/usr/bin/python3",
     "worker_image": "",
     "metadata_url": "http://169.254.169.254",
 }
 
 SCENARIOS = {
     "pip": {},
-    "pip-with-price": {"price_per_hour": "0.526", "worker_package": "spotsweep[worker] @ https://example.invalid/spotsweep-0.1.0-py3-none-any.whl"},
+    "pip-with-price": {"price_per_hour": "0.526", "worker_package": "deploy/spotsweep-0.1.0-py3-none-any.whl"},
     "docker": {"worker_image": "ghcr.io/example/spotsweep-worker:0.1.0"},
+    "docker-ecr": {"worker_image": "123456789012.dkr.ecr.eu-west-1.amazonaws.com/spotsweep-worker:0.1.0"},
 }
 
 
@@ -109,22 +110,47 @@ def test_rendered_user_data_sets_every_setting():
 
 def test_rendered_user_data_runs_the_worker_under_systemd():
     text = render()
-    assert 'EXEC_START="$(dirname "$PY")/worker run --idle-timeout $IDLE_TIMEOUT_S"' in text
+    assert 'EXEC_START="$VENV/bin/worker run --per-gpu --idle-timeout $IDLE_TIMEOUT_S"' in text
     assert 'IDLE_TIMEOUT_S="600"' in text
     assert "EnvironmentFile=$ENV_FILE" in text
     assert "RequiresMountsFor=$DATA_MOUNT" in text
     assert "systemctl enable --now spotsweep-worker.service" in text
-    assert '"$PY" -m pip install --no-cache-dir --disable-pip-version-check "$WORKER_PACKAGE"' in text
-    # Without the worker extra the entry point exits 1 with one line: the bootstrap stops there.
-    install, check = text.index('"$WORKER_PACKAGE"'), text.index('"$(dirname "$PY")/worker" --help > /dev/null')
-    assert install < check < text.index("systemctl enable --now spotsweep-worker.service")
+    # Restarted unless it exits 0 (left the group, or not on AWS): 3 (stopped, not left) restarts.
+    assert "Restart=always\nRestartPreventExitStatus=0\n" in text
+    assert "OnFailure=spotsweep-leave.service" in text
+    # The wheel from the stack's bucket, into a venv; without the worker extra the entry point
+    # exits 1 with one line: the bootstrap stops there (and leaves the group).
+    install = text.index('"$PY" -m pip install --no-cache-dir --disable-pip-version-check "spotsweep[worker] @ file://$WHEEL_FILE"')
+    check = text.index('"$VENV/bin/worker" --help > /dev/null')
+    assert text.index("WHEEL_FILE=$(fetch_wheel)") < install < check < text.index("systemctl enable --now spotsweep-worker.service")
+    assert "WHEEL_POINTER_KEY=deploy/worker-wheel.txt" in text and "sha256sum --check" in text
+
+
+def test_rendered_user_data_installs_cuda_tensorflow_on_a_gpu():
+    text = render()
+    assert "nvidia-smi -L" in text
+    assert '"tensorflow[and-cuda]==$TF_VERSION"' in text  # the version the worker extra resolved
+
+
+def test_a_failed_bootstrap_leaves_the_group():
+    text = render()
+    assert text.index("trap 'on_exit $?' EXIT") < text.index("step 1/5")  # armed before the first step
+    assert "terminate-instance-in-auto-scaling-group" in text
+    assert "--should-decrement-desired-capacity --no-should-decrement-desired-capacity" in text
+    assert "shopt -s inherit_errexit" in text
 
 
 def test_rendered_user_data_container_mode():
     text = render(**SCENARIOS["docker"])
     assert 'WORKER_IMAGE="ghcr.io/example/spotsweep-worker:0.1.0"' in text
     assert "docker run --rm --name spotsweep-worker --gpus all --network host --env-file $ENV_FILE" in text
-    assert "--volume $DATA_MOUNT:$DATA_MOUNT $WORKER_IMAGE --idle-timeout $IDLE_TIMEOUT_S" in text
+    assert "--volume $DATA_MOUNT:$DATA_MOUNT $WORKER_IMAGE --per-gpu --idle-timeout $IDLE_TIMEOUT_S" in text
+
+
+def test_rendered_user_data_logs_in_to_ecr_for_an_ecr_image():
+    text = render(**SCENARIOS["docker-ecr"])
+    login = text.index('aws ecr get-login-password --region "$REGISTRY_REGION" | docker login --username AWS --password-stdin "$REGISTRY"')
+    assert text.index("*.dkr.ecr.*.amazonaws.com/*)") < login < text.index('retry docker pull "$WORKER_IMAGE"')
 
 
 def test_rendered_user_data_container_drops_privileges():
@@ -144,7 +170,9 @@ def test_rendered_user_data_mounts_the_data_volume():
 
 def test_user_data_holds_no_secrets():
     text = TEMPLATE_TEXT
-    for needle in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "PASSWORD", "TOKEN="):
+    # `aws ecr get-login-password | docker login --password-stdin` fetches a password at boot
+    # and pipes it: none is written in the user data, none on a command line.
+    for needle in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "PASSWORD=", "TOKEN=", "--PASSWORD "):
         assert needle not in text.upper(), needle
     assert not re.search(r"AKIA[0-9A-Z]{16}", text)
 

@@ -140,28 +140,5 @@ def eval_simple(expression: str, names: dict[str, Any]) -> Any:
     return eval(py, {"__builtins__": {}}, {"__n": names})  # noqa: S307 - checked charset above
 
 
-PLACEHOLDER = re.compile(r"(?<!\$)\$\{([^}]*)\}")
-
-
-def template_placeholders(text: str) -> set[str]:
-    return set(PLACEHOLDER.findall(text))
-
-
-def render_template(text: str, values: dict[str, Any]) -> str:
-    """Render like Terraform's templatefile for the subset the template may use."""
-    if "%{" in text:
-        raise ValueError("template directives (%{ }) are not supported by this renderer")
-
-    def sub(match: re.Match) -> str:
-        name = match.group(1)
-        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
-            raise ValueError(f"not a plain interpolation: ${{{name}}}")
-        if name not in values:
-            raise KeyError(f"template variable {name!r} not provided")
-        value = values[name]
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        return str(value)
-
-    rendered = PLACEHOLDER.sub(sub, text)
-    return rendered.replace("$${", "${").replace("%%{", "%{")
+# The renderer lives apart (no python-hcl2) so that tests/ can use it too.
+from tftemplate import PLACEHOLDER, render_template, template_placeholders  # noqa: E402,F401

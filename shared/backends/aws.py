@@ -40,7 +40,15 @@ DLQ_RETENTION_S = 14 * 24 * 3600  # the longest SQS keeps a message: time to loo
 # studies/ sooner, because checkpoints are rewritten every epoch.
 NONCURRENT_VERSION_DAYS = 30
 CHECKPOINT_NONCURRENT_DAYS = 7
-QUEUE_RETENTION_S = 14 * 24 * 3600  # a study may sit in the queue while workers scale up
+# As terraform/variables.tf (`queue_retention_days`): shorter than the DLQ's 14 days, because a
+# message redriven there keeps its first send time and would expire in the DLQ the sooner. Older
+# messages are dropped silently: the reconciler sends a fresh one before (`shared.reconcile`).
+QUEUE_RETENTION_S = 4 * 24 * 3600
+
+
+# The dataset sync sends 8 files at a time (shared.datasets.sync), each in up to 8 parts at
+# once (aws_s3.DEFAULT_TRANSFER.max_concurrency): 64 connections, so that none waits for one.
+S3_POOL_CONNECTIONS = 8 * 8
 
 
 def _session(config: BackendConfig, session: Any) -> Any:
@@ -76,7 +84,7 @@ def aws_clients(config: BackendConfig, session: Any = None) -> dict[str, Any]:
     return {
         "sqs": session.client("sqs", region_name=region, config=_client_config(session)),
         "dynamodb": session.client("dynamodb", region_name=region, config=_client_config(session)),
-        "s3": session.client("s3", region_name=region, config=_client_config(session, pool=32)),
+        "s3": session.client("s3", region_name=region, config=_client_config(session, pool=S3_POOL_CONNECTIONS)),
         "sts": session.client("sts", region_name=region, config=_client_config(session)),
     }
 

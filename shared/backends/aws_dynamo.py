@@ -10,6 +10,7 @@ Items (`pk`, `sk` are the table's keys; every item also has `item_type`):
 | epoch         | `STUDY#<study_id>` | `EPOCH#<job_id>#<epoch:06d>`     | the EpochRecord (no `job_id`    |
 |               |                    |                                  | attribute: kept out of the GSI) |
 | study listing | `STUDIES`          | `<created_at:020.6f>#<study_id>` | study_id, created_at            |
+| lock          | `LOCK#<name>`      | `META`                           | owner, expires_at               |
 
 Records are stored as native attributes (numbers as `N`, written as `Decimal(str(x))` so that a
 float round-trips exactly; nested models as maps; a top-level `None` is an absent attribute), so
@@ -21,6 +22,9 @@ every transition is an `UpdateItem` of the changed fields only, guarded by a ser
   a failed condition is `LeaseLostError`, or `NotFoundError` when the item is absent (told
   apart with `ReturnValuesOnConditionCheckFailure=ALL_OLD`);
 - put_epoch writes the epoch item in a transaction with a `ConditionCheck` of the fence.
+- mark_enqueued: `#status IN (QUEUED, RUNNING) AND (no enqueued_at OR enqueued_at <= :now)`,
+  100 `Update`s per transaction; the jobs whose condition failed are dropped and the rest retried;
+- acquire_lock: a `PutItem` of the lock item, `attribute_not_exists(pk) OR expires_at <= :now`.
 
 `create_jobs` streams its records in chunks of 100: one consistent `BatchGetItem` finds the ids
 that exist, then one `TransactWriteItems` writes the missing ones, each `Put` conditioned on
@@ -50,11 +54,13 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from shared.backends.aws_errors import RETRYABLE_CODES, aws_errors, error_code
+from shared.backends.aws_errors import aws_errors, cancellation_is_retryable, error_code
 from shared.backends.batching import backoff, bounded_batches
 from shared.backends.checks import (
     HOLDER_FORBIDDEN,
     RESET_FORBIDDEN,
+    UNFINISHED,
+    check_lock,
     finish_status,
     job_changes,
     read_job,
@@ -93,6 +99,10 @@ def job_sk(job_id: str) -> str:
 
 def epoch_sk(job_id: str, epoch: int) -> str:
     return f"{EPOCH_PREFIX}{job_id}#{epoch:06d}"
+
+
+def lock_pk(name: str) -> str:
+    return f"LOCK#{name}"
 
 
 def listing_sk(created_at: float, study_id: str) -> str:
@@ -279,6 +289,42 @@ class DynamoJobStore:
             pending = [r for i, r in enumerate(pending) if i not in failed]  # created meanwhile: skip
         return []
 
+    @aws_errors
+    def mark_enqueued(self, study_id: str, job_ids: Sequence[str], now: float) -> list[str]:
+        unique = list(dict.fromkeys(job_ids))  # a transaction may not name one item twice
+        stamped: list[str] = []
+        for start in range(0, len(unique), TRANSACT_MAX_ITEMS):
+            stamped += self._stamp_group(study_id, unique[start : start + TRANSACT_MAX_ITEMS], now)
+        return stamped
+
+    def _stamp_group(self, study_id: str, job_ids: list[str], now: float) -> list[str]:
+        """One transaction of stamps; the jobs whose condition failed (finished, unknown, stamped
+        later) are left out and the rest written again: a cancelled transaction writes nothing."""
+        pending = job_ids
+        while pending:
+            failed = self._transact([self._stamp(study_id, job_id, now) for job_id in pending])
+            if not failed:
+                return pending
+            pending = [job_id for i, job_id in enumerate(pending) if i not in failed]
+        return []
+
+    def _stamp(self, study_id: str, job_id: str, now: float) -> dict[str, Any]:
+        expr = _Expression()
+        stamp, now_v = expr.n("enqueued_at"), expr.v(now)
+        unfinished = ", ".join(expr.v(s.value) for s in UNFINISHED)
+        condition = (
+            f"attribute_exists({expr.n('pk')}) AND {expr.n('status')} IN ({unfinished}) "
+            f"AND (attribute_not_exists({stamp}) OR {stamp} <= {now_v})"
+        )
+        update = {
+            "TableName": self.table_name,
+            "Key": serialize_item(self._job_key(study_id, job_id)),
+            "UpdateExpression": f"SET {stamp} = {now_v}",
+            "ConditionExpression": condition,
+            **expr.kwargs(),
+        }
+        return {"Update": update}
+
     @staticmethod
     def _job_item(record: JobRecord) -> dict[str, Any]:
         data = record.model_dump(mode="json")
@@ -415,6 +461,24 @@ class DynamoJobStore:
         items = self._query(study_pk(study_id), f"{EPOCH_PREFIX}{job_id}#")
         return readable(items, lambda item: _epoch(item, study_id, job_id))
 
+    # --- locks ---
+
+    @aws_errors
+    def acquire_lock(self, name: str, owner: str, ttl_s: float, now: float) -> bool:
+        check_lock(name, ttl_s)
+        item = {"pk": lock_pk(name), "sk": META_SK, "item_type": "lock", "owner": owner, "expires_at": now + ttl_s}
+        expr = _Expression()
+        condition = f"attribute_not_exists({expr.n('pk')}) OR {expr.n('expires_at')} <= {expr.v(now)}"
+        try:
+            self.client.put_item(
+                TableName=self.table_name, Item=serialize_item(item), ConditionExpression=condition, **expr.kwargs()
+            )
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+            return False
+        return True
+
     # --- helpers ---
 
     @staticmethod
@@ -518,8 +582,7 @@ class DynamoJobStore:
                 }
                 if failed:
                     return failed
-                codes = {r.get("Code") for r in reasons} - {"None", None}
-                if codes and not codes <= (RETRYABLE_CODES | {"TransactionConflict", "ThrottlingError"}):
+                if not cancellation_is_retryable(reasons):
                     raise
                 backoff(attempt)
         raise RetryableError(f"DynamoDB table '{self.table_name}': transaction still conflicting after retries")

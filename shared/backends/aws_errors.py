@@ -55,6 +55,22 @@ RETRYABLE_CODES = frozenset(
         "OverLimit",
     }
 )
+# The codes of a TransactWriteItems' CancellationReasons (one per item) that mean "try again":
+# AWS names them without the "Exception" suffix its top-level error codes carry.
+RETRYABLE_CANCELLATION_CODES = frozenset({"TransactionConflict", "ProvisionedThroughputExceeded", "ThrottlingError"})
+
+
+def cancellation_is_retryable(reasons: list[dict[str, Any]]) -> bool:
+    """Whether a cancelled transaction may succeed if sent again: every item that gave a reason
+    (code other than "None") was cancelled by a conflict or by throttling, none by its data
+    (ConditionalCheckFailed, ValidationError, ItemCollectionSizeLimitExceeded).
+
+    An empty list (moto, or an error without reasons) counts as retryable, as before.
+    """
+    codes = {reason.get("Code") for reason in reasons} - {"None", None}
+    return codes <= (RETRYABLE_CODES | RETRYABLE_CANCELLATION_CODES)
+
+
 MISSING_CODES = frozenset(
     {"QueueDoesNotExist", "NonExistentQueue", "ResourceNotFoundException", "NoSuchBucket"}
 )

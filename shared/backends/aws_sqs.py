@@ -6,11 +6,16 @@
 - `receive` long-polls (`WaitTimeSeconds`, an integer up to 20; longer waits loop) with the
   adapter's visibility timeout, and reads `ApproximateReceiveCount`.
 - `delete` uses `DeleteMessageBatch` in 10s; an unknown or stale receipt is ignored.
-- `extend` / `release` are `ChangeMessageVisibility`; a stale receipt -> False / no-op.
+- `extend` / `release` are `ChangeMessageVisibility`; a stale receipt -> False / no-op. SQS hides
+  a message for at most 12 hours from its receipt: `extend` past that raises VisibilityLimitError
+  (its code is `InvalidParameterValue` too, naming the parameter `VisibilityTimeout`).
 - The dead-letter queue is the main queue's `RedrivePolicy` target (`maxReceiveCount` = the
   configured `max_receives`): SQS itself moves a message there on the receive after the last
   allowed one. `dead_letter` moves one at once: check the receipt (by keeping the message hidden),
   send it to the DLQ with the reason as a message attribute, then delete it from the queue.
+- `receive_dead` / `delete_dead` take dead letters for the reconciler: a long-polled receive from
+  the DLQ hiding each message for `hide_s`, and a batched delete there.
+- `counts` also reports the queue's `MessageRetentionPeriod`: SQS drops older messages silently.
 
 Stale receipts: real SQS refuses `ChangeMessageVisibility` with a receipt that a later receive
 superseded (`InvalidParameterValue` / `MessageNotInflight` / `ReceiptHandleIsInvalid`); some
@@ -34,7 +39,7 @@ from botocore.exceptions import ClientError
 from shared.backends.aws_errors import aws_errors, error_code
 from shared.backends.batching import backoff, bounded_batches
 from shared.backends.checks import checked_bodies
-from shared.errors import BadInputError, RetryableError
+from shared.errors import BadInputError, RetryableError, VisibilityLimitError
 from shared.ports import Delivery, QueueCounts
 
 BATCH = 10  # SQS's limit on entries per batch call
@@ -43,6 +48,7 @@ MAX_WAIT_S = 20  # SQS's longest long poll
 MAX_VISIBILITY_S = 43_200  # 12 hours
 MAX_DELAY_S = 900
 PEEK_VISIBILITY_S = 10  # how long `dead_letters` hides the DLQ messages it pages through
+DEAD_WAIT_S = 1  # `receive_dead`'s long poll: enough to ask every host, short when the DLQ is empty
 BATCH_ATTEMPTS = 6
 STALE_CODES = frozenset({"ReceiptHandleIsInvalid", "MessageNotInflight", "InvalidParameterValue"})
 REASON_ATTRIBUTE = "spotsweep_reason"
@@ -187,19 +193,22 @@ class SqsJobQueue:
     def extend(self, receipt: str, visibility_timeout_s: float) -> bool:
         if self._superseded(receipt):
             return False
-        return self._change_visibility(receipt, _seconds(visibility_timeout_s, MAX_VISIBILITY_S))
+        return self._change_visibility(receipt, _seconds(visibility_timeout_s, MAX_VISIBILITY_S), limit_error=True)
 
     @aws_errors
     def release(self, receipt: str, delay_s: float = 0.0) -> None:
         if not self._superseded(receipt):
             self._change_visibility(receipt, _seconds(delay_s, MAX_VISIBILITY_S))
 
-    def _change_visibility(self, receipt: str, seconds: int) -> bool:
+    def _change_visibility(self, receipt: str, seconds: int, limit_error: bool = False) -> bool:
         try:
             self.client.change_message_visibility(
                 QueueUrl=self.queue_url, ReceiptHandle=receipt, VisibilityTimeout=seconds
             )
         except ClientError as exc:
+            message = exc.response.get("Error", {}).get("Message", "")
+            if limit_error and error_code(exc) == "InvalidParameterValue" and "VisibilityTimeout" in message:
+                raise VisibilityLimitError(f"SQS queue '{self._name}': {message}") from None
             if error_code(exc) in STALE_CODES:
                 return False
             raise
@@ -233,8 +242,9 @@ class SqsJobQueue:
         return QueueCounts(
             visible=main["ApproximateNumberOfMessages"],
             in_flight=main["ApproximateNumberOfMessagesNotVisible"] + main["ApproximateNumberOfMessagesDelayed"],
-            # + not visible: `dead_letters` hides what it pages through for a few seconds
+            # + not visible: `dead_letters` and `receive_dead` hide what they page through
             dead=dead["ApproximateNumberOfMessages"] + dead["ApproximateNumberOfMessagesNotVisible"],
+            retention_s=main["MessageRetentionPeriod"] or None,
         )
 
     def _attributes(self, url: str) -> dict[str, int]:
@@ -242,6 +252,7 @@ class SqsJobQueue:
             "ApproximateNumberOfMessages",
             "ApproximateNumberOfMessagesNotVisible",
             "ApproximateNumberOfMessagesDelayed",
+            "MessageRetentionPeriod",
         ]
         attributes = self.client.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
         return {name: int(attributes.get(name, 0)) for name in names}
@@ -265,6 +276,25 @@ class SqsJobQueue:
             )
             for message in self._peek_dead(limit)
         ]
+
+    @aws_errors
+    def receive_dead(self, max_messages: int = 10, hide_s: float = 60.0) -> list[Delivery]:
+        # Always a long poll: a short poll samples some SQS hosts and may answer "empty" while
+        # dead letters wait on others. The DLQ has no redrive policy: receiving costs nothing.
+        response = self.client.receive_message(
+            QueueUrl=self.dlq_url,
+            MaxNumberOfMessages=max(1, min(BATCH, max_messages)),
+            WaitTimeSeconds=DEAD_WAIT_S,
+            VisibilityTimeout=_seconds(hide_s, MAX_VISIBILITY_S),
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        )
+        return [_dead_delivery(m) for m in response.get("Messages", [])]
+
+    @aws_errors
+    def delete_dead(self, receipts: Sequence[str]) -> None:
+        unique = list(dict.fromkeys(receipts))
+        for start in range(0, len(unique), BATCH):
+            self._delete_batch(self.dlq_url, unique[start : start + BATCH])
 
     def _peek_dead(self, limit: int) -> list[dict[str, Any]]:
         """The DLQ's messages without removing them, oldest first (by SentTimestamp).
@@ -309,6 +339,11 @@ class SqsJobQueue:
 
     def __repr__(self) -> str:
         return f"SqsJobQueue({self._name!r})"
+
+
+def _dead_delivery(message: dict[str, Any]) -> Delivery:
+    count = int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
+    return Delivery(message_id=message["MessageId"], body=message["Body"], receipt=message["ReceiptHandle"], receive_count=count)
 
 
 def _batches(bodies: Iterable[str]) -> Iterator[list[str]]:

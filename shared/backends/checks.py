@@ -8,11 +8,13 @@
   record and the first bad field. Listings leave such rows out with a logged warning
   (`readable`): one hostile row must not hide every other record.
 - How large a message body may be (`checked_bodies`): SQS's 256 KiB, on every queue.
+- What a lock is (`check_lock`): an identifier held for a positive number of seconds.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -21,6 +23,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from shared.errors import BadInputError, CorruptRecordError
 from shared.jobs import MAX_MESSAGE_BYTES, JobRecord, StudyRecord, first_error
+from shared.paths import check_id
 from shared.status import JobStatus
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,8 @@ HOLDER_FORBIDDEN = IDENTITY_FIELDS | LEASE_FIELDS
 # What `reset` (the administrative transition) may not change: it may clear a lapsed lease.
 RESET_FORBIDDEN = IDENTITY_FIELDS | {"status", "attempt"}
 FINISH_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUEUED})
+# Where `mark_enqueued` stamps `enqueued_at`: the jobs that may still need their message.
+UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 @lru_cache(maxsize=None)
@@ -142,3 +147,15 @@ def checked_bodies(bodies: Iterable[str]) -> list[str]:
             message = f"message body of {size} bytes exceeds the limit of {MAX_MESSAGE_BYTES}"
             raise BadInputError(message, f"bodies[{index}]")
     return checked
+
+
+def check_lock(name: str, ttl_s: float) -> str:
+    """`name` if it is an identifier and `ttl_s` a positive number of seconds; else BadInputError
+    naming the argument (`name`, `ttl_s`)."""
+    try:
+        check_id(name, "lock name")
+    except BadInputError as exc:
+        raise BadInputError(str(exc), "name") from None
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) or not math.isfinite(ttl_s) or ttl_s <= 0:
+        raise BadInputError(f"a lock is held for a positive number of seconds, got {ttl_s!r}", "ttl_s")
+    return name

@@ -1,8 +1,11 @@
 """The embedded backend: everything in one directory, safe for several worker processes.
 
-- `SqliteJobQueue`: SQS semantics (visibility timeout, receive count, dead-letter after N).
+- `SqliteJobQueue`: SQS semantics (visibility timeout, receive count, dead-letter after N). A
+  dead letter is a row marked `dead`; `receive_dead` hides it with the same `visible_at`. It keeps
+  messages until they are deleted (no retention).
 - `SqliteJobStore`: records as JSON documents with conditional transitions done under the
-  database write lock.
+  database write lock; locks (`acquire_lock`) are rows of a `locks` table, taken by an upsert
+  conditioned on the old one having lapsed.
 - `LocalArtifactStore`: a directory; writes are atomic (temp file + rename).
 """
 
@@ -21,6 +24,8 @@ from typing import Any
 from shared.backends.checks import (
     HOLDER_FORBIDDEN,
     RESET_FORBIDDEN,
+    UNFINISHED,
+    check_lock,
     checked_bodies,
     finish_status,
     job_changes,
@@ -91,7 +96,10 @@ class SqliteJobQueue:
                 if len(deliveries) == max_messages:
                     break
                 if row["receive_count"] >= self.max_receives:  # the redrive policy
-                    conn.execute("UPDATE messages SET dead = 1, reason = 'max receives' WHERE id = ?", (row["id"],))
+                    conn.execute(
+                        "UPDATE messages SET dead = 1, reason = 'max receives', visible_at = ? WHERE id = ?",
+                        (now, row["id"]),
+                    )
                     continue
                 receipt = uuid.uuid4().hex
                 conn.execute(
@@ -121,10 +129,11 @@ class SqliteJobQueue:
             )
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        # visible_at: when a dead letter may be taken by `receive_dead` (at once)
         with self.db.write() as conn:
             conn.execute(
-                "UPDATE messages SET dead = 1, reason = ?, receipt = NULL WHERE receipt = ? AND dead = 0",
-                (reason[:1000], delivery.receipt),
+                "UPDATE messages SET dead = 1, reason = ?, receipt = NULL, visible_at = ? WHERE receipt = ? AND dead = 0",
+                (reason[:1000], time.time(), delivery.receipt),
             )
 
     def counts(self) -> QueueCounts:
@@ -139,6 +148,26 @@ class SqliteJobQueue:
     def dead_letters(self, limit: int = 100) -> list[str]:
         rows = self.db.read("SELECT body FROM messages WHERE dead = 1 ORDER BY id LIMIT ?", (limit,))
         return [row["body"] for row in rows]
+
+    def receive_dead(self, max_messages: int = 10, hide_s: float = 60.0) -> list[Delivery]:
+        now = time.time()
+        count = max(1, min(MAX_RECEIVE, max_messages))
+        deliveries: list[Delivery] = []
+        with self.db.write() as conn:
+            rows = conn.execute(
+                "SELECT id, message_id, body, receive_count FROM messages WHERE dead = 1 AND visible_at <= ?"
+                " ORDER BY id LIMIT ?",
+                (now, count),
+            ).fetchall()
+            for row in rows:
+                receipt = uuid.uuid4().hex
+                conn.execute("UPDATE messages SET receipt = ?, visible_at = ? WHERE id = ?", (receipt, now + hide_s, row["id"]))
+                deliveries.append(Delivery(row["message_id"], row["body"], receipt, row["receive_count"]))
+        return deliveries
+
+    def delete_dead(self, receipts: Sequence[str]) -> None:
+        with self.db.write() as conn:
+            conn.executemany("DELETE FROM messages WHERE receipt = ? AND dead = 1", [(r,) for r in receipts])
 
 
 STORE_SCHEMA = """
@@ -162,6 +191,11 @@ CREATE TABLE IF NOT EXISTS epochs (
     epoch INTEGER NOT NULL,
     doc TEXT NOT NULL,
     PRIMARY KEY (study_id, job_id, epoch)
+);
+CREATE TABLE IF NOT EXISTS locks (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL
 );
 """
 JOB_COLUMNS = "study_id, job_id, doc"
@@ -221,6 +255,21 @@ class SqliteJobStore:
                 if cursor.rowcount == 1:
                     created.append(record.job_id)
         return created
+
+    def mark_enqueued(self, study_id: str, job_ids: Sequence[str], now: float) -> list[str]:
+        stamped = []
+        with self.db.write() as conn:
+            for job_id in dict.fromkeys(job_ids):
+                row = conn.execute(
+                    f"SELECT {JOB_COLUMNS} FROM jobs WHERE study_id = ? AND job_id = ?", (study_id, job_id)
+                ).fetchone()
+                if row is None:
+                    continue
+                record = _job(row)
+                if record.status in UNFINISHED and (record.enqueued_at or 0.0) <= now:
+                    self._save(conn, _changed(record, {"enqueued_at": now}))
+                    stamped.append(job_id)
+        return stamped
 
     def get_job(self, study_id: str, job_id: str) -> JobRecord | None:
         rows = self.db.read(f"SELECT {JOB_COLUMNS} FROM jobs WHERE study_id = ? AND job_id = ?", (study_id, job_id))
@@ -316,6 +365,19 @@ class SqliteJobStore:
         )
         what = f"job {job_id} of study {study_id}"
         return readable(rows, lambda row: read_record(EpochRecord, row["doc"], f"epoch {row['epoch']} of {what}"))
+
+    # --- locks ---
+
+    def acquire_lock(self, name: str, owner: str, ttl_s: float, now: float) -> bool:
+        check_lock(name, ttl_s)
+        with self.db.write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO locks (name, owner, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at"
+                " WHERE locks.expires_at <= ?",
+                (name, owner, now + ttl_s, now),
+            )
+        return cursor.rowcount == 1
 
     # --- helpers ---
 

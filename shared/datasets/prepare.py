@@ -32,7 +32,7 @@ from shared.datasets._files import (
 from shared.datasets.images import check_image
 from shared.errors import BadInputError
 from shared.manifest import MANIFEST_NAME, Manifest, ManifestFile
-from shared.paths import check_key, safe_join
+from shared.paths import check_class_name, check_key, safe_join
 
 # Files with these names are the dataset's images; each must then be a JPEG, PNG, GIF or BMP by
 # content (a .webp or .tiff is refused by name rather than silently left out).
@@ -62,8 +62,9 @@ def prepare(
     stratified, seeded holdout, and write out/manifest.json last.
 
     Re-running on an `out` that already holds a prepare of the same content returns its manifest.
-    Refuses (BadInputError, nothing written) symbolic links and images that are not JPEG, PNG,
-    GIF or BMP or claim more than `max_pixels` (default: `images.pixel_limit()`).
+    Refuses (BadInputError, nothing written) symbolic links, class folders whose name is not one
+    safe folder name (`shared.paths.check_class_name`), and images that are not JPEG, PNG, GIF or
+    BMP or claim more than `max_pixels` (default: `images.pixel_limit()`).
     """
     src, out = Path(src), Path(out)
     _check_prepare_args(src, out, test_fraction)
@@ -103,13 +104,19 @@ def _check_prepare_args(src: Path, out: Path, test_fraction: float) -> None:
 
 
 def plan_split(src: Path, test_fraction: float, seed: int) -> list[PlannedFile]:
-    """Per class, a seeded random `test_fraction` of the images (at least 1 when the class has 2)."""
+    """Per class, a seeded random `test_fraction` of the images (at least 1 when the class has 2).
+
+    Every class folder's name is checked here, before anything is copied: a name the manifest
+    would refuse (a control character, say) must not leave a half-written output behind.
+    """
     class_dirs = sorted(p for p in src.iterdir() if p.is_dir() and not is_hidden(p, src))
     if not class_dirs:
         raise BadInputError(f"source {src}: no class folders (expected {src}/<class>/<image>)")
-    plan = []
     for class_dir in class_dirs:
         refuse_link(class_dir)
+        check_class_name(class_dir.name)
+    plan = []
+    for class_dir in class_dirs:
         images = _images_in(class_dir)
         # a string seed goes through SHA-512 in `random`: the same split on every run and platform
         test = set(random.Random(f"{seed}:{class_dir.name}").sample(images, _test_count(len(images), test_fraction)))

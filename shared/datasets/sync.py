@@ -15,7 +15,15 @@ Local cache layout (a worker's `cache_dir`, the EBS data volume on AWS):
 
 Directories are content-addressed, so a new version of a dataset never changes files under a job
 still training on the old one; files the versions share are hard-linked from the older directory
-instead of downloaded, so re-syncing a changed dataset still moves only the changed bytes.
+instead of downloaded, so re-syncing a changed dataset still moves only the changed bytes. Each
+sync touches its directory (mtime = last use): the worker's cache bound evicts the least
+recently used directories whose lock is free (`worker.housekeeping`).
+
+A sync polls its caller's `should_stop` (a callable returning a reason or None) while it waits
+for the lock and between files, and raises `StopRequestedError(reason)` on a reason. A dataset
+re-uploaded under the same prefix while a sync runs (an upload takes the old manifest down
+first, then replaces objects) is a RetryableError, not a permanent one: a file missing or wrong
+is PermanentError only when the store's manifest is still the one the sync follows.
 """
 
 from __future__ import annotations
@@ -35,13 +43,18 @@ from typing import Any
 
 from shared.datasets._files import Progress, link_or_copy, report, sha256_file, write_atomic
 from shared.datasets.prepare import check_contained, load_manifest, parse_manifest, write_manifest
-from shared.errors import BadInputError, NotFoundError, PermanentError
+from shared.errors import (
+    BadInputError, NotFoundError, PermanentError, RetryableError, SpotsweepError, StopRequestedError,
+)
 from shared.manifest import MANIFEST_NAME, Manifest, ManifestFile
 from shared.paths import check_key, safe_join
 from shared.ports import ArtifactStore
 
 STAMP_NAME = ".verified.json"
 DOWNLOAD_TRIES = 2  # a second checksum mismatch is not bad luck: fail the job
+LOCK_POLL_S = 0.2  # how often a sync waiting for another one's lock asks whether to stop
+
+ShouldStop = Callable[[], object]  # a reason to stop (e.g. the worker's StopReason), or None
 
 
 @dataclass(frozen=True)
@@ -112,27 +125,74 @@ def _remote_checksums(artifacts: ArtifactStore, prefix: str) -> dict[str, str]:
 
 
 def sync(
-    artifacts: ArtifactStore, prefix: str, cache_dir: Path, workers: int = 8, progress: Progress | None = None
+    artifacts: ArtifactStore, prefix: str, cache_dir: Path, workers: int = 8, progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> SyncReport:
     """Bring `prefix`'s dataset into cache_dir/<checksum[:16]>/, downloading only what is missing
-    or wrong, verifying every download. `workers=1` is the sequential mode."""
+    or wrong, verifying every download. `workers=1` is the sequential mode.
+
+    Raises StopRequestedError when `should_stop` returns a reason (polled between files);
+    RetryableError when the dataset is being uploaded again meanwhile; NotFoundError or
+    PermanentError when it is absent, or a file is missing or wrong under a stable manifest."""
     started = time.monotonic()
     prefix, cache_dir = clean_prefix(prefix), Path(cache_dir)
-    manifest = fetch_manifest(artifacts, prefix)
+    check_stop(should_stop)
+    manifest = _manifest_to_sync(artifacts, prefix)
     local_dir = cache_dir / manifest.checksum[:16]
     targets = {file.path: safe_join(local_dir, file.path) for file in manifest.files}  # all checked before any write
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(cache_dir / f"{local_dir.name}.lock"):  # one syncer per dataset per host
+    with _exclusive(cache_dir / f"{local_dir.name}.lock", should_stop):  # one syncer per dataset per host
         _remove_temp_files(local_dir)
         stamps = _read_stamps(local_dir)
         todo = [file for file in manifest.files if not _stamped(file, targets[file.path], stamps)]
         skipped, total = len(manifest.files) - len(todo), len(manifest.files)
-        fetch = _Fetcher(artifacts, prefix, cache_dir, local_dir, targets) if todo else None
-        outcomes = run_parallel(fetch, todo, workers, lambda done: report(progress, skipped + done, total))
+        fetch = _Fetcher(artifacts, prefix, cache_dir, local_dir, targets, should_stop) if todo else None
+        try:
+            outcomes = run_parallel(fetch, todo, workers, lambda done: report(progress, skipped + done, total))
+        except (NotFoundError, _ChecksumMismatch) as exc:
+            raise _unless_changed(exc, artifacts, prefix, manifest) from None
         stamps.update({outcome.path: outcome.stamp for outcome in outcomes})
         write_atomic(local_dir / STAMP_NAME, json.dumps(stamps, sort_keys=True).encode())
         write_manifest(local_dir, manifest)  # last: local_dir is a complete dataset
+        os.utime(local_dir)  # last use, for the cache bound's least-recently-used eviction
     return _sync_report(outcomes, skipped, time.monotonic() - started, local_dir)
+
+
+def check_stop(should_stop: ShouldStop | None) -> None:
+    """Raise StopRequestedError if `should_stop` returns a reason."""
+    reason = should_stop() if should_stop is not None else None
+    if reason is not None:
+        raise StopRequestedError(reason)
+
+
+def _manifest_to_sync(artifacts: ArtifactStore, prefix: str) -> Manifest:
+    """The remote manifest; a prefix that holds objects but no manifest is an upload in progress
+    (upload puts the manifest last, and takes the old one down first): RetryableError."""
+    try:
+        return fetch_manifest(artifacts, prefix)
+    except NotFoundError as exc:
+        if next(iter(artifacts.list(f"{prefix}/")), None) is None:
+            raise  # nothing there: not uploaded (or deleted), for good
+        raise RetryableError(
+            f"dataset {artifacts.uri(prefix)}: no {MANIFEST_NAME} yet, but objects under it: an upload "
+            "in progress (or abandoned); retrying"
+        ) from exc
+
+
+def _unless_changed(exc: PermanentError, artifacts: ArtifactStore, prefix: str, manifest: Manifest) -> SpotsweepError:
+    """What a missing or wrong file means: the dataset changed during the sync (RetryableError)
+    if the store's manifest is no longer the one the sync follows, else `exc` (for good)."""
+    if not _manifest_moved_on(artifacts, prefix, manifest):
+        return exc
+    return RetryableError(f"dataset {artifacts.uri(prefix)} changed during sync ({exc}); retrying")
+
+
+def _manifest_moved_on(artifacts: ArtifactStore, prefix: str, manifest: Manifest) -> bool:
+    try:
+        current = parse_manifest(artifacts.get_bytes(f"{prefix}/{MANIFEST_NAME}"), prefix)
+    except (NotFoundError, BadInputError):  # taken down (an upload in progress), or replaced by a bad one
+        return True
+    return current.checksum != manifest.checksum
 
 
 def _sync_report(outcomes: list[_Outcome], stamped: int, seconds: float, local_dir: Path) -> SyncReport:
@@ -160,6 +220,10 @@ def fetch_manifest(artifacts: ArtifactStore, prefix: str) -> Manifest:
     return parse_manifest(data, artifacts.uri(f"{prefix}/{MANIFEST_NAME}"))
 
 
+class _ChecksumMismatch(PermanentError):
+    """A file's bytes never matched the manifest (two downloads)."""
+
+
 @dataclass(frozen=True)
 class _Outcome:
     path: str
@@ -170,15 +234,18 @@ class _Outcome:
 
 class _Fetcher:
     """Makes one file of local_dir right: keep it if its bytes match, else link it from another
-    cached version with the same checksum, else download it (verified, retried once)."""
+    cached version with the same checksum, else download it (verified, retried once). Asks
+    `should_stop` first: after a stop, each thread finishes at most the file it is on."""
 
     def __init__(
-        self, artifacts: ArtifactStore, prefix: str, cache_dir: Path, local_dir: Path, targets: dict[str, Path]
+        self, artifacts: ArtifactStore, prefix: str, cache_dir: Path, local_dir: Path, targets: dict[str, Path],
+        should_stop: ShouldStop | None = None,
     ) -> None:
-        self.artifacts, self.prefix, self.targets = artifacts, prefix, targets
+        self.artifacts, self.prefix, self.targets, self.should_stop = artifacts, prefix, targets, should_stop
         self.elsewhere = _verified_elsewhere(cache_dir, local_dir)
 
     def __call__(self, file: ManifestFile) -> _Outcome:
+        check_stop(self.should_stop)
         target = self.targets[file.path]
         if _matches(target, file):  # e.g. left by a sync that died before writing its stamps
             return _Outcome(file.path, "skipped", file.size, _stamp(target, file))
@@ -187,7 +254,7 @@ class _Fetcher:
         for _ in range(DOWNLOAD_TRIES):
             if _replace_with(target, lambda temp: self._get(file, temp), file):
                 return _Outcome(file.path, "downloaded", file.size, _stamp(target, file))
-        raise PermanentError(f"checksum mismatch for {file.path} after {DOWNLOAD_TRIES} downloads")
+        raise _ChecksumMismatch(f"checksum mismatch for {file.path} after {DOWNLOAD_TRIES} downloads")
 
     def _reuse(self, file: ManifestFile, target: Path) -> bool:
         source = self.elsewhere.get(file.sha256)
@@ -275,13 +342,27 @@ def _remove_temp_files(local_dir: Path) -> None:
 
 
 @contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
+def _exclusive(lock_path: Path, should_stop: ShouldStop | None = None) -> Iterator[None]:
     with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel too if this process dies
+        _lock(handle, should_stop)  # released by the kernel too if this process dies
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lock(handle: Any, should_stop: ShouldStop | None) -> None:
+    """Take the lock, asking `should_stop` every LOCK_POLL_S while another sync holds it."""
+    if should_stop is None:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        return
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            check_stop(should_stop)
+            time.sleep(LOCK_POLL_S)
 
 
 def run_parallel(task: Callable[[Any], Any], items: list[Any], workers: int, on_done: Callable[[int], None]) -> list[Any]:
@@ -344,12 +425,14 @@ def dataset_classes(dataset: str, artifacts: ArtifactStore) -> list[str]:
 
 
 def resolve_dataset(
-    dataset: str, artifacts: ArtifactStore, cache_dir: Path, workers: int = 8, progress: Progress | None = None
+    dataset: str, artifacts: ArtifactStore, cache_dir: Path, workers: int = 8, progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> Path:
     """The local directory of a study's `dataset`: a prepared directory is used in place; an
-    `s3://bucket/prefix` or `artifacts:<prefix>` is synced into `cache_dir` first."""
+    `s3://bucket/prefix` or `artifacts:<prefix>` is synced into `cache_dir` first (see `sync`
+    for `should_stop` and what it raises)."""
     if is_store_location(dataset):
-        return sync(artifacts, store_prefix(dataset, artifacts), cache_dir, workers, progress).local_dir
+        return sync(artifacts, store_prefix(dataset, artifacts), cache_dir, workers, progress, should_stop).local_dir
     local = Path(dataset).expanduser()
     if (local / MANIFEST_NAME).is_file():
         load_manifest(local)  # a clear error now rather than a confusing one mid-training

@@ -132,3 +132,51 @@ def test_unknown_and_superseded_receipts_are_ignored(queue):
     assert queue.extend(current.receipt, LEASE_S) is True
     queue.delete([current.receipt])
     assert queue.counts().backlog == 0
+
+
+# --- dead letters for the reconciler: receive_dead / delete_dead ---
+
+
+def dead_lettered(queue, bodies: list[str]) -> None:
+    """Put `bodies` in the dead-letter queue (received, then moved there at once)."""
+    queue.send(bodies)
+    deadline = time.monotonic() + 20
+    moved = 0
+    while moved < len(bodies) and time.monotonic() < deadline:
+        for delivery in queue.receive(max_messages=10, wait_s=1):
+            queue.dead_letter(delivery, "test")
+            moved += 1
+    assert moved == len(bodies)
+
+
+def test_receive_dead_hides_what_it_takes_and_delete_dead_removes_it(queue):
+    dead_lettered(queue, ["keep me", "drop me"])
+    taken = queue.receive_dead(max_messages=10, hide_s=2)
+    while len(taken) < 2:
+        taken += queue.receive_dead(max_messages=10, hide_s=2)
+    assert sorted(d.body for d in taken) == ["drop me", "keep me"]
+    assert queue.receive_dead(max_messages=10, hide_s=2) == []  # hidden while being handled
+    queue.delete_dead([d.receipt for d in taken if d.body == "drop me"] + ["unknown-receipt"])
+    assert queue.counts().dead == 1
+    time.sleep(2.5)
+    assert queue.dead_letters() == ["keep me"]
+    again = queue.receive_dead(max_messages=10, hide_s=2)
+    assert [d.body for d in again] == ["keep me"]  # not deleted: it came back
+    assert queue.receive(max_messages=10, wait_s=0) == []  # never back on the job queue
+
+
+def test_receive_dead_pages_through_every_dead_letter(queue):
+    bodies = [f"dead-{i}" for i in range(23)]
+    dead_lettered(queue, bodies)
+    seen: list[str] = []
+    while page := queue.receive_dead(max_messages=10, hide_s=30):
+        assert len(page) <= 10
+        seen += [d.body for d in page]
+        queue.delete_dead([d.receipt for d in page])
+    assert sorted(seen) == sorted(bodies)
+    assert queue.counts().dead == 0
+
+
+def test_counts_report_the_retention(queue):
+    retention_s = queue.counts().retention_s
+    assert retention_s is None or retention_s > 0

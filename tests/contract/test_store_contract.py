@@ -347,3 +347,52 @@ def test_listings_leave_corrupt_rows_out_with_a_warning(store, caplog):
         assert [e.epoch for e in store.epochs("s-1", good.job_id)] == [1]
     warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert "study s-2: " in warned and f"job {bad.job_id} of study s-1: " in warned and "metrics.loss" in warned
+
+
+# --- mark_enqueued: the stamp of the one enqueue path ---
+
+
+def test_mark_enqueued_stamps_unfinished_jobs_only_and_never_backwards(store):
+    queued, running, done = job_record(learning_rate=0.1), job_record(learning_rate=0.2), job_record(learning_rate=0.3)
+    store.create_jobs([queued, running, done])
+    now = time.time()
+    store.claim("s-1", running.job_id, "w1", LEASE, now)
+    finished = store.claim("s-1", done.job_id, "w1", LEASE, now)
+    store.finish("s-1", done.job_id, finished.attempt, JobStatus.SUCCEEDED, {})
+    ids = [done.job_id, running.job_id, "unknown-job", queued.job_id, queued.job_id]
+    assert store.mark_enqueued("s-1", ids, 1000.0) == [running.job_id, queued.job_id]
+    assert store.mark_enqueued("s-1", [queued.job_id], 900.0) == []  # a later stamp is kept
+    assert store.mark_enqueued("missing-study", [queued.job_id], 2000.0) == []
+    stamps = {j.job_id: j.enqueued_at for j in store.list_jobs("s-1")}
+    assert stamps == {queued.job_id: 1000.0, running.job_id: 1000.0, done.job_id: None}
+    again = store.get_job("s-1", running.job_id)
+    assert (again.status, again.attempt, again.lease_owner) == (JobStatus.RUNNING, 1, "w1")  # nothing else moved
+
+
+def test_mark_enqueued_in_many_batches(store):
+    records = [job_record(learning_rate=0.001 * (i + 1)) for i in range(130)]
+    store.create_jobs(records)
+    ids = [r.job_id for r in records]
+    assert store.mark_enqueued("s-1", ids, 5.0) == ids
+    assert {j.enqueued_at for j in store.list_jobs("s-1")} == {5.0}
+
+
+# --- acquire_lock: one holder at a time, lapsing ---
+
+
+def test_a_lock_has_one_holder_until_it_lapses(store):
+    assert store.acquire_lock("reconciler", "w1", 60.0, 1000.0) is True
+    assert store.acquire_lock("reconciler", "w2", 60.0, 1030.0) is False
+    assert store.acquire_lock("reconciler", "w1", 60.0, 1030.0) is False  # not even its own holder
+    assert store.acquire_lock("other-lock", "w2", 60.0, 1030.0) is True  # locks are independent
+    assert store.acquire_lock("reconciler", "w2", 60.0, 1060.0) is True  # lapsed
+    assert store.acquire_lock("reconciler", "w1", 60.0, 1100.0) is False
+
+
+@pytest.mark.parametrize(("name", "ttl_s", "path"), [("Bad Name", 60.0, "name"), ("../x", 60.0, "name"),
+                                                     ("ok", 0.0, "ttl_s"), ("ok", float("nan"), "ttl_s")])
+def test_acquire_lock_refuses_a_bad_name_or_duration(store, name, ttl_s, path):
+    with pytest.raises(BadInputError) as raised:
+        store.acquire_lock(name, "w1", ttl_s, 1000.0)
+    assert raised.value.path == path
+    assert store.acquire_lock("ok", "w1", 60.0, 1000.0) is True  # nothing was taken

@@ -83,7 +83,11 @@ def epochs_by_attempt(backend: Backend, job: JobRecord) -> list[tuple[int, int]]
 
 
 def checkpointed_epoch(backend: Backend, job: JobRecord) -> int:
-    state = json.loads(backend.artifacts.get_bytes(f"{job_prefix(job.study_id, job.job_id)}/state/state.json"))
+    """The epoch of the state that the job's record commits (attempt-scoped, written fenced)."""
+    record = backend.store.get_job(job.study_id, job.job_id)
+    assert record.state_key is not None and record.state_key.startswith(f"{job_prefix(job.study_id, job.job_id)}/attempt-1/")
+    state = json.loads(backend.artifacts.get_bytes(record.state_key))
+    assert state["epoch"] == record.epochs_run
     return state["epoch"]
 
 
@@ -133,6 +137,7 @@ def test_spot_notice_mid_epoch_requeues_and_another_worker_resumes(tmp_path, tin
     assert second.wait(timeout=300) == 0, tail(logs / "second")
     record = backend.store.get_job(job.study_id, job.job_id)
     assert record.status == JobStatus.SUCCEEDED and record.attempt == 2 and record.preemptions == 1, record
+    assert record.failures == 0 and record.checkpoint == f"{job_prefix(job.study_id, job.job_id)}/attempt-2/best.keras"
     written = epochs_by_attempt(backend, job)
     assert [e for e, _ in written] == list(range(1, EPOCHS + 1))  # no epoch missing or repeated
     assert min(e for e, a in written if a == 2) == checkpoint + 1

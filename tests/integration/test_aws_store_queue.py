@@ -239,3 +239,43 @@ def test_queue_is_long_polled_with_the_configured_visibility(aws):
     attributes = aws.queue.client.get_queue_attributes(QueueUrl=aws.queue.queue_url, AttributeNames=["All"])
     policy = json.loads(attributes["Attributes"]["RedrivePolicy"])
     assert int(policy["maxReceiveCount"]) == 3 and policy["deadLetterTargetArn"].endswith("-jobs-dlq")
+
+
+# --- the reconciler's calls: stamps, locks, dead letters, retention ---
+
+
+def test_stamping_a_submission_costs_one_transaction_per_100_jobs(aws, counter):
+    jobs = records(250)
+    aws.store.create_jobs(jobs)
+    counter.reset()
+    assert aws.store.mark_enqueued("s-1", [r.job_id for r in jobs], 10.0) == [r.job_id for r in jobs]
+    assert counter.operations("dynamodb") == {"TransactWriteItems": 3}
+    claimed = aws.store.claim("s-1", jobs[0].job_id, "w1", LEASE, time.time())
+    aws.store.finish("s-1", jobs[0].job_id, claimed.attempt, JobStatus.SUCCEEDED, {})
+    counter.reset()  # a finished job in a transaction: dropped, the rest written again
+    assert aws.store.mark_enqueued("s-1", [r.job_id for r in jobs[:100]], 20.0) == [r.job_id for r in jobs[1:100]]
+    assert counter.operations("dynamodb") == {"TransactWriteItems": 2}
+    stamped = {j.job_id: j.enqueued_at for j in aws.store.list_jobs("s-1")}
+    assert stamped[jobs[0].job_id] == 10.0 and stamped[jobs[1].job_id] == 20.0 and stamped[jobs[200].job_id] == 10.0
+
+
+def test_a_lock_is_one_conditional_put_and_stays_out_of_every_listing(aws, counter):
+    aws.store.put_study(study_record("s-1"))
+    counter.reset()
+    assert aws.store.acquire_lock("reconciler", "w1", 60.0, 1000.0) is True
+    assert aws.store.acquire_lock("reconciler", "w2", 60.0, 1001.0) is False
+    assert counter.operations("dynamodb") == {"PutItem": 2}
+    assert [s.study_id for s in aws.store.list_studies()] == ["s-1"]
+    item = aws.store.client.get_item(TableName=aws.store.table_name, Key={"pk": {"S": "LOCK#reconciler"}, "sk": {"S": "META"}})
+    assert item["Item"]["owner"] == {"S": "w1"} and item["Item"]["expires_at"] == {"N": "1060.0"}
+
+
+def test_dead_letters_are_long_polled_and_counts_report_the_retention(aws):
+    sent = []
+    aws.queue.client.meta.events.register("before-parameter-build.sqs.ReceiveMessage", lambda params, **_: sent.append(params))
+    assert aws.queue.receive_dead(max_messages=25, hide_s=30) == []
+    assert sent[0]["QueueUrl"] == aws.queue.dlq_url and sent[0]["WaitTimeSeconds"] >= 1  # asks every host
+    assert sent[0]["MaxNumberOfMessages"] == 10 and sent[0]["VisibilityTimeout"] == 30
+    from shared.backends.aws import QUEUE_RETENTION_S
+
+    assert aws.queue.counts().retention_s == QUEUE_RETENTION_S == 4 * 86400

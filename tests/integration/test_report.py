@@ -153,8 +153,8 @@ def test_report_of_a_study_with_an_evaluation(tmp_path, tiny_dataset):
 
     names = sorted(p.name for p in report.files)
     assert names == sorted([
-        "learning_curves.png", "heatmap.png", "pareto_cost.png", "pareto_time.png", "sweep_batch_size.png",
-        "confusion_matrix.png", "per_class_accuracy.png", HTML_NAME,
+        "accuracy_intervals.png", "learning_curves.png", "heatmap.png", "pareto_cost.png", "pareto_time.png",
+        "sweep_batch_size.png", "confusion_matrix.png", "per_class_accuracy.png", HTML_NAME,
     ])
     for path in report.files:
         assert path.is_file()
@@ -200,7 +200,7 @@ def test_report_of_a_study_with_an_evaluation(tmp_path, tiny_dataset):
             assert f'href="{path.name}"' in page
             embedded = re.search(rf'src="data:image/png;base64,([^"]+)" alt="{re.escape(path.name)}"', page)
             assert embedded and base64.b64decode(embedded.group(1)) == path.read_bytes(), path.name
-    assert page.count("<img ") == 7
+    assert page.count("<img ") == 8
     assert "mobilenet_v2" in page and 'class="board"' in page and "test accuracy 0.8333" in page
     assert "no finished jobs" not in page and "no evaluations yet" not in page
 
@@ -220,7 +220,7 @@ def test_study_without_evaluations_still_plots_training(tmp_path, tiny_dataset):
     backend, study_id = build_study(tmp_path / "home", tiny_dataset, evaluate=False, leave_queued=2)
     report = build_report(backend, study_id, tmp_path / "out", top=2)
     names = {p.name for p in report.files}
-    assert {"learning_curves.png", "heatmap.png", "pareto_cost.png"} <= names
+    assert {"accuracy_intervals.png", "learning_curves.png", "heatmap.png", "pareto_cost.png"} <= names
     assert "confusion_matrix.png" not in names
     assert len(report.data["learning_curves"]) == 2
     page = report.html.read_text()

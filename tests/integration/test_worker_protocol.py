@@ -13,10 +13,13 @@ import pytest
 
 from shared.ports import Backend
 from shared.backends.local import SqliteJobStore
-from shared.errors import LeaseLostError, PermanentError
-from shared.jobs import JobMessage, JobSpec, ModelSpec, TrainingSpec, job_id_for
+from shared.backends.factory import open_local
+from shared.config import BackendConfig
+from shared.errors import FatalError, LeaseLostError, PermanentError
+from shared.jobs import JobMessage, JobRecord, JobSpec, ModelSpec, TrainingSpec, job_id_for
 from shared.status import JobStatus
 from shared.submission import enqueue_record, submit_jobs
+from tests.faults import FaultPlan, faulty_backend, timed_out
 from worker.loop import Policy, Worker, stopped_kind
 from worker.outcomes import Outcome, OutcomeKind
 from worker.settings import WorkerSettings
@@ -54,7 +57,7 @@ class FakeTraining:
             return special
         for epoch in range(1, ctx.spec.training.epochs + 1):
             ctx.on_epoch(EpochReport(epoch, {"val_accuracy": 0.5 + epoch / 10, "loss": 1.0 / epoch}, 0.01))
-        epochs, prefix = ctx.spec.training.epochs, ctx.prefix
+        epochs, prefix = ctx.spec.training.epochs, ctx.attempt_prefix
         return JobResult(JobOutcome.COMPLETED, None, epochs, epochs, {"val_accuracy": 0.7, "val_loss": 0.3}, 0.05,
                          100, 10, f"{prefix}/best.keras", {"log_csv": f"{prefix}/log.csv"})
 
@@ -80,7 +83,7 @@ def test_duplicate_delivery_gives_one_result(local_backend, tiny_dataset, tmp_pa
     assert set(statuses(local_backend).values()) == {JobStatus.SUCCEEDED}
     assert local_backend.queue.counts().backlog == 0 and local_backend.queue.counts().dead == 0
     for record in local_backend.store.list_jobs(STUDY):  # artifact-store keys, never display locations
-        prefix = f"studies/{STUDY}/jobs/{record.job_id}"
+        prefix = f"studies/{STUDY}/jobs/{record.job_id}/attempt-{record.attempt}"
         assert (record.checkpoint, record.artifacts) == (f"{prefix}/best.keras", {"log_csv": f"{prefix}/log.csv"})
 
 
@@ -163,7 +166,7 @@ def test_preempted_job_is_requeued_fresh_and_resumed_elsewhere(local_backend, ti
     assert (record.status, record.preemptions, record.epochs_run) == (JobStatus.QUEUED, 1, 1)
     run_worker(local_backend, tmp_path / "home", training)
     record = local_backend.store.get_job(STUDY, job_id)
-    assert (record.status, record.attempt, record.preemptions) == (JobStatus.SUCCEEDED, 2, 1)
+    assert (record.status, record.attempt, record.preemptions, record.failures) == (JobStatus.SUCCEEDED, 2, 1, 0)
     assert local_backend.queue.counts().dead == 0  # a preemption never counts towards the DLQ
 
 
@@ -177,8 +180,8 @@ def test_transient_errors_retry_then_fail_into_dead_letters(local_backend, tiny_
     training = FakeTraining(flaky)
     run_worker(local_backend, tmp_path / "home", training)
     record = local_backend.store.get_job(STUDY, job_id)
-    assert len(training.calls) == 3  # max_receives
-    assert record.status == JobStatus.FAILED and "throttled #2" in record.error
+    assert len(training.calls) == record.failures == 3  # max_failures, counted in the record
+    assert record.status == JobStatus.FAILED and record.error == "gave up after 3 failures: ConnectionError: throttled #2"
     traceback_key = record.artifacts["traceback"]  # a key in the artifact store, not a display location
     assert traceback_key == f"studies/{STUDY}/jobs/{job_id}/errors/attempt-3.txt"
     assert local_backend.artifacts.get_bytes(traceback_key).decode().startswith("Traceback")
@@ -245,12 +248,63 @@ def test_a_misspelt_stop_reason_fails_loudly_and_is_never_a_preemption(local_bac
 def test_every_stop_reason_and_outcome_kind_is_dispatched_by_name_and_nothing_else(local_backend):
     settler = Worker(local_backend, settings_for(local_backend.store.db.path.parent), FakeTraining()).settler
     assert {stopped_kind(reason) for reason in StopReason} == {
-        OutcomeKind.PREEMPTED, OutcomeKind.CANCELLED, OutcomeKind.LEASE_LOST
+        OutcomeKind.PREEMPTED, OutcomeKind.CANCELLED, OutcomeKind.LEASE_LOST, OutcomeKind.HANDOFF
     }
-    assert len({settler._handler(kind).__name__ for kind in OutcomeKind}) == len(OutcomeKind)
+    # one handler per kind, except that the worker's own faults (fatal, breaker) share "put back"
+    assert len({settler._handler(kind).__name__ for kind in OutcomeKind}) == len(OutcomeKind) - 1
     with pytest.raises(ValueError, match="not a valid OutcomeKind"):
         Outcome("preempt")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="stop reason"):
         JobResult(JobOutcome.STOPPED, None, 0, None, {}, 0.1, None, None, None, {})
     with pytest.raises(ValueError, match="stop reason"):
         JobResult(JobOutcome.COMPLETED, StopReason.CANCELLED, 0, None, {}, 0.1, None, None, None, {})
+
+
+def test_failures_are_counted_in_the_record_not_by_the_messages_receive_count(tmp_path, tiny_dataset):
+    """Kills and duplicate bounces cost receives, not failures. Before, a job whose message had
+    been received `max_receives` times (3 here) was FAILED and dead-lettered at its first error;
+    now that error is its first failure, and the job goes on to succeed."""
+    backend = open_local(BackendConfig(home=tmp_path / "home", lease_s=3.0, max_receives=20))
+    [(job_id, spec)] = make_jobs(tiny_dataset, 1)
+    submit_jobs(backend.store, backend.queue, STUDY, [(job_id, spec)])
+    for _ in range(4):  # four workers killed before they claimed: the message bounced four times
+        [delivery] = backend.queue.receive(max_messages=1)
+        backend.queue.release(delivery.receipt, 0)
+    training = FakeTraining(lambda ctx, call: _raise(ConnectionError("throttled")) if call == 0 else None)
+    run_worker(backend, tmp_path / "home", training)
+    record = backend.store.get_job(STUDY, job_id)
+    assert (record.status, record.failures, len(training.calls)) == (JobStatus.SUCCEEDED, 1, 2)
+    assert backend.queue.counts().dead == 0
+
+
+def test_fatal_errors_and_cold_stops_never_count_as_failures(local_backend, tiny_dataset, tmp_path):
+    [(job_id, spec)] = make_jobs(tiny_dataset, 1)
+    submit_jobs(local_backend.store, local_backend.queue, STUDY, [(job_id, spec)])
+    worker = Worker(local_backend, settings_for(tmp_path / "home"), FakeTraining(lambda ctx, call: _raise(FatalError("no GPU"))))
+    worker.work(Policy(until_empty=True))
+    record = local_backend.store.get_job(STUDY, job_id)
+    assert (record.status, record.failures, record.error) == (JobStatus.QUEUED, 0, "FatalError: no GPU")
+    assert worker.stop.reason == "fatal: FatalError: no GPU"
+
+
+def test_an_idle_worker_runs_the_reconciler_and_survives_its_failure(tmp_path, tiny_dataset, caplog):
+    """A job left QUEUED with no message (its submission stopped before the send) is sent by an
+    idle worker's reconciler and run; a reconciler that fails costs one log line, nothing more."""
+    from tests.factories import study_record
+
+    backend = open_local(BackendConfig(home=tmp_path / "home", lease_s=3.0, max_receives=20))
+    backend.store.put_study(study_record(STUDY))
+    [(job_id, spec)] = make_jobs(tiny_dataset, 1)
+    backend.store.create_jobs([JobRecord(study_id=STUDY, job_id=job_id, spec=spec, created_at=time.time() - 600)])
+    plan = FaultPlan()
+    plan.fail("store.acquire_lock", timed_out())  # the first idle worker's reconciler fails
+    training = FakeTraining()
+    failing = Worker(faulty_backend(backend, plan), settings_for(tmp_path / "home"), training)
+    failing.work(Policy(idle_timeout_s=0.5))
+    assert training.calls == [] and "reconciler failed: RetryableError" in caplog.text
+    Worker(backend, settings_for(tmp_path / "home"), training).work(Policy(idle_timeout_s=1.0))
+    assert training.calls == [(job_id, 0)] and backend.store.get_job(STUDY, job_id).status is JobStatus.SUCCEEDED
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc

@@ -1,5 +1,6 @@
 """Every architecture a study may name builds at its smallest size with weights=None, runs a
-forward pass through its own preprocessing, and has its default fine-tuning layer."""
+forward pass through its own preprocessing, and fine-tuning's default unfreezes about a fifth
+of its base (tests/unit/test_fair_finetune.py checks the rule on a few)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from shared.architectures import ARCHITECTURES
 from shared.jobs import ModelSpec
-from worker.training.finetune import layer_index
+from worker.training.finetune import unfreeze
 from worker.training.models import count_params, find_base
 
 FAST = {"benchmark", "vgg16", "vgg19", "mobilenet", "mobilenet_v2"}  # about a second each on 2 cores
@@ -38,5 +39,6 @@ def test_architecture_builds_at_its_smallest_size(name):
     total, trainable = count_params(model)
     assert trainable == total - base.count_params() - 2 * 8  # only the head trains (BN statistics never do)
     assert model.get_layer("preprocess").get_config()["architecture"] == name
-    layer_index(base.base.layers, arch.unfreeze_from, base.base.name)  # the default fine-tuning point exists
+    unfrozen = unfreeze(model, None)  # the default: the block boundary nearest a fifth of the base's parameters
+    assert 0.15 <= unfrozen.share <= 0.34, unfrozen
     keras.backend.clear_session()

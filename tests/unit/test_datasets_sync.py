@@ -17,7 +17,7 @@ from PIL import Image
 from shared.backends.local import LocalArtifactStore
 from shared.datasets import load_manifest, prepare, resolve_dataset, sync, synthesize, upload, verify
 from shared.datasets.sync import STAMP_NAME
-from shared.errors import BadInputError, NotFoundError, PermanentError
+from shared.errors import BadInputError, NotFoundError, PermanentError, RetryableError
 from shared.manifest import MANIFEST_NAME, Manifest
 
 PREFIX = "datasets/flowers"
@@ -81,6 +81,21 @@ class SlowStore(LocalArtifactStore):
 
     def get_file(self, key: str, local_path: Path) -> None:
         time.sleep(0.01)
+        super().get_file(key, local_path)
+
+
+class InterruptedStore(LocalArtifactStore):
+    """Runs `meanwhile()` once, just before the first download: someone else acting on the store
+    (a re-upload) while a sync is under way."""
+
+    def __init__(self, root: Path, meanwhile) -> None:
+        super().__init__(root)
+        self.meanwhile = meanwhile
+
+    def get_file(self, key: str, local_path: Path) -> None:
+        meanwhile, self.meanwhile = self.meanwhile, None
+        if meanwhile is not None:
+            meanwhile()
         super().get_file(key, local_path)
 
 
@@ -270,6 +285,42 @@ def test_a_missing_object_fails_for_good(dataset: Path, store: RecordingStore, t
     store.delete(f"{PREFIX}/{lost}")
     with pytest.raises(NotFoundError, match=f"{lost} is in the manifest but not in the store"):
         sync(store, PREFIX, tmp_path / "cache")
+
+
+def test_a_re_upload_during_sync_is_retryable_and_the_retry_gets_the_new_version(
+    dataset: Path, tmp_path: Path
+) -> None:
+    plain = LocalArtifactStore(tmp_path / "store")
+    upload(dataset, plain, PREFIX)
+    newer, changed_path = _changed_dataset(tmp_path)
+    moving = InterruptedStore(tmp_path / "store", lambda: upload(newer, plain, PREFIX))
+    with pytest.raises(RetryableError, match="changed during sync .checksum mismatch for " + changed_path):
+        sync(moving, PREFIX, tmp_path / "cache", workers=1)
+    report = sync(plain, PREFIX, tmp_path / "cache")  # the job's next attempt
+    assert load_manifest(report.local_dir) == load_manifest(newer)
+    verify(report.local_dir)
+
+
+def test_a_prefix_cleared_for_a_new_upload_during_sync_is_retryable(dataset: Path, tmp_path: Path) -> None:
+    plain = LocalArtifactStore(tmp_path / "store")
+    upload(dataset, plain, PREFIX)
+    last = load_manifest(dataset).files[-1].path
+
+    def clear_for_upload() -> None:  # the uploader took the manifest down and removed an object
+        plain.delete(f"{PREFIX}/{MANIFEST_NAME}")
+        plain.delete(f"{PREFIX}/{last}")
+
+    with pytest.raises(RetryableError, match=f"changed during sync .*{last} is in the manifest but not in the store"):
+        sync(InterruptedStore(tmp_path / "store", clear_for_upload), PREFIX, tmp_path / "cache", workers=1)
+
+
+def test_a_sync_starting_mid_upload_is_retryable(dataset: Path, store: RecordingStore, tmp_path: Path) -> None:
+    upload(dataset, store, PREFIX)
+    store.delete(f"{PREFIX}/{MANIFEST_NAME}")  # objects, no manifest: the upload's last step is to come
+    with pytest.raises(RetryableError, match="no manifest.json yet, but objects under it: an upload in progress"):
+        sync(store, PREFIX, tmp_path / "cache")
+    upload(dataset, store, PREFIX)
+    verify(sync(store, PREFIX, tmp_path / "cache").local_dir)
 
 
 def test_a_sync_cut_short_resumes_without_downloading_again(dataset: Path, tmp_path: Path) -> None:

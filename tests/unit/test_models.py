@@ -114,7 +114,7 @@ def test_unfreeze_from_index_negative_index_and_name():
     with pytest.raises(PermanentError, match="outside"):
         layer_index(base_layers, n, "b")
     frozen_trainable = count_params(model)[1]
-    start = unfreeze(model, -4, None)
+    start = unfreeze(model, -4).start
     assert start == n - 4
     assert [layer.trainable for layer in base_layers] == [False] * (n - 4) + [True] * 4
     assert count_params(model)[1] > frozen_trainable

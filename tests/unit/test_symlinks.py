@@ -125,3 +125,26 @@ def test_the_proof_of_concept_leaks_nothing(tmp_path: Path, source: Path, home: 
         upload(prepared, store, "datasets/flowers", workers=1)
     assert list(store.list("")) == []
     assert _leaks(tmp_path / "store", home) == [] and not prepared.exists()
+
+
+# --- the same folder, hostile by its names rather than its links ---
+
+BAD_CLASS_NAMES = {
+    "a control character": "bad\x01name",
+    "a newline": "new\nline",
+    "an escape sequence": "clear\x1b[2J",
+    "a backslash": "back\\slash",
+}
+
+
+@pytest.mark.parametrize("name", BAD_CLASS_NAMES.values(), ids=BAD_CLASS_NAMES.keys())
+def test_a_class_folder_that_is_not_one_folder_name_is_refused_before_anything_is_written(
+    tmp_path: Path, source: Path, name: str
+) -> None:
+    # sorted after the good classes, so that a check made while copying would come too late
+    shutil.copytree(source / CLASS, source / f"zz-{name}")
+    out = tmp_path / "prepared"
+    with pytest.raises(BadInputError, match="invalid class name") as info:
+        prepare(source, out)
+    assert "\n" not in str(info.value) and "\x1b" not in str(info.value)
+    assert not out.exists()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from shared.backends.local import LocalArtifactStore
-from shared.errors import BadInputError, PermanentError
+from shared.errors import BadInputError, LeaseLostError, PermanentError
 from shared.manifest import MANIFEST_NAME
 from shared.paths import job_prefix
 from tests.training_support import StopInEpoch, context, tiny_dataset, tiny_spec, write_dataset  # noqa: F401
@@ -88,11 +88,11 @@ def test_images_are_decoded_once_into_a_memory_mapped_cache(tmp_path):
     assert images.shape == (9, 24, 24, 3) and images.dtype == np.uint8
     assert isinstance(images, np.memmap)
     (cached,) = cache.glob("images-*-train-24-*.npy")
-    stamp = cached.stat().st_mtime_ns
+    inode = cached.stat().st_ino  # a re-decode would write a new file and rename it into place
     (root / manifest.split("train")[0].path).unlink()  # a re-decode would now fail
     again = data.load_images(root, manifest, "train", 24, cache)
     np.testing.assert_array_equal(again, images)
-    assert cached.stat().st_mtime_ns == stamp
+    assert cached.stat().st_ino == inode  # (its mtime moves: every use touches it for the cache bound)
     assert not [p for p in cache.iterdir() if p.name.startswith(".tmp-")]
     assert images[:3].mean() > 20  # real pixels, not an empty file
 
@@ -167,7 +167,13 @@ def test_early_stopping_follows_keras_rules_and_survives_a_round_trip():
 
 
 def csv_rows(ctx) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(ctx.artifacts.get_bytes(f"{ctx.prefix}/log.csv").decode())))
+    """The attempt's own log (each attempt writes one, from the committed history on)."""
+    return list(csv.DictReader(io.StringIO(ctx.artifacts.get_bytes(f"{ctx.attempt_prefix}/log.csv").decode())))
+
+
+def state_files(store, prefix: str) -> set[str]:
+    """Every training-state file of a job, whichever attempt wrote it."""
+    return {o.key for o in store.list(f"{prefix}/") if "/state/" in o.key}
 
 
 def test_a_train_job_runs_end_to_end_with_its_artifacts(tmp_path, tiny_dataset):
@@ -179,9 +185,11 @@ def test_a_train_job_runs_end_to_end_with_its_artifacts(tmp_path, tiny_dataset):
     assert set(reports[0].metrics) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert result.best_epoch in (1, 2, 3)
     best = reports[result.best_epoch - 1].metrics
+    assert result.metrics.pop("val_examples") > 0  # the validation split's size (issue 17)
     assert result.metrics == {k: best[k] for k in ("val_accuracy", "val_loss", "accuracy", "loss")}
     assert result.total_params == result.trainable_params == 95_203
-    assert result.checkpoint == f"{ctx.prefix}/best.keras"
+    assert result.checkpoint == f"{ctx.prefix}/attempt-1/best.keras" and result.artifacts["log_csv"] == f"{ctx.prefix}/attempt-1/log.csv"
+    assert reports[-1].state_key == result.artifacts["state"] == f"{ctx.prefix}/attempt-1/state/epoch-0003.json"
     model = load_model(tmp_path / "artifacts" / result.checkpoint)
     assert model.output_shape == (None, 3)
     rows = csv_rows(ctx)
@@ -190,7 +198,7 @@ def test_a_train_job_runs_end_to_end_with_its_artifacts(tmp_path, tiny_dataset):
     tensorboard = [o.key for o in ctx.artifacts.list(result.artifacts["tensorboard"] + "/")]
     assert any("/train/events.out.tfevents" in k for k in tensorboard)
     assert any("/validation/events.out.tfevents" in k for k in tensorboard)
-    assert ctx.artifacts.exists(f"{result.artifacts['state']}/state.json")
+    assert ctx.artifacts.exists(result.artifacts["state"])
 
 
 def test_early_stopping_ends_the_job(tmp_path, tiny_dataset):
@@ -209,22 +217,26 @@ def test_a_stopped_job_resumes_at_the_next_epoch_with_one_continuous_log(tmp_pat
     assert stopped.outcome == "stopped" and stopped.stop_reason == "preempted"
     assert stopped.epochs_run == 2 and [r.epoch for r in first_reports] == [1, 2]
     assert [int(r["epoch"]) for r in csv_rows(first)] == [1, 2]
-    assert not first.artifacts.exists(f"{first.prefix}/best.keras")  # published at completion only
+    assert stopped.checkpoint is None and not any(o.key.endswith("best.keras") for o in first.artifacts.list(first.prefix))
 
-    # Another host: a fresh work dir and cache, the same artifact store.
+    # Another host and attempt: a fresh work dir and cache, the same artifact store, and the state
+    # that the record committed (the loop passes it in).
     second_reports: list[EpochReport] = []
     second = context(tmp_path, spec, tiny_dataset, artifacts=first.artifacts, work_dir=tmp_path / "host-2",
-                     cache_dir=tmp_path / "host-2-cache", on_epoch=second_reports.append)
+                     cache_dir=tmp_path / "host-2-cache", on_epoch=second_reports.append,
+                     attempt=2, state_key=first_reports[-1].state_key)
     resumed = run_job(second)
     assert resumed.outcome == "completed" and resumed.epochs_run == 4
     assert [r.epoch for r in second_reports] == [3, 4]
     rows = csv_rows(second)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     assert float(rows[0]["val_loss"]) == pytest.approx(first_reports[0].metrics["val_loss"])
-    state = json.loads(second.artifacts.get_bytes(f"{second.prefix}/state/state.json"))
-    assert state["epoch"] == 4 and state["model_key"].endswith("epoch-0004.keras")
-    kept = {o.key.rsplit("/", 1)[1] for o in second.artifacts.list(f"{second.prefix}/state/")}
-    assert kept == {f"epoch-{resumed.best_epoch:04d}.keras", "epoch-0004.keras", "state.json"}  # best + last
+    state = json.loads(second.artifacts.get_bytes(second_reports[-1].state_key))
+    assert state["epoch"] == 4 and state["model_key"] == f"{second.prefix}/attempt-2/state/epoch-0004.keras"
+    best_model = state["best_model_key"]  # attempt 1's file if the best epoch was 1 or 2
+    assert best_model.endswith(f"/state/epoch-{resumed.best_epoch:04d}.keras")
+    kept = state_files(second.artifacts, second.prefix)
+    assert kept == {best_model, state["model_key"], second_reports[-1].state_key}  # best + last, nothing else
 
     # The same job never interrupted: the resumed run ends with the same numbers.
     straight_reports: list[EpochReport] = []
@@ -232,6 +244,61 @@ def test_a_stopped_job_resumes_at_the_next_epoch_with_one_continuous_log(tmp_pat
     for ours, theirs in zip(first_reports[:2] + second_reports, straight_reports):
         assert ours.metrics["val_loss"] == pytest.approx(theirs.metrics["val_loss"], abs=1e-4)
         assert ours.metrics["loss"] == pytest.approx(theirs.metrics["loss"], abs=1e-4)
+
+
+def test_an_attempt_refused_at_its_commit_deletes_nothing_and_writes_only_its_own_files(tmp_path, tiny_dataset):
+    """Issue 13 item 3: a worker that lost its lease keeps training and reaches its next commit.
+    Before, it had already replaced `state/state.json` (the commit point then) and deleted the
+    previous epoch's model under the job's new owner. Now its commit (the loop's fenced write) is
+    refused first: the committed state and every file it names are untouched, and the stale
+    worker's new files are under its own attempt's folder only."""
+    spec = tiny_spec(training={"epochs": 3})
+    reports: list[EpochReport] = []
+
+    def commit(report: EpochReport) -> None:
+        if report.epoch == 2:
+            raise LeaseLostError("attempt 1 is fenced out")  # what the loop's fenced update raises
+        reports.append(report)
+
+    ctx = context(tmp_path, spec, tiny_dataset, on_epoch=commit)
+    before: dict[str, bytes] = {}
+
+    def snapshot(report: EpochReport) -> None:
+        commit(report)
+        before.update({k: ctx.artifacts.get_bytes(k) for k in state_files(ctx.artifacts, ctx.prefix)})
+
+    ctx.on_epoch = snapshot
+    with pytest.raises(LeaseLostError):
+        run_job(ctx)
+    committed = json.loads(before[reports[-1].state_key])
+    assert committed["epoch"] == 1 and committed["model_key"] in before
+    after = state_files(ctx.artifacts, ctx.prefix)
+    assert set(before) <= after and all(ctx.artifacts.get_bytes(k) == v for k, v in before.items())
+    assert after - set(before) == {f"{ctx.prefix}/attempt-1/state/epoch-0002.keras", f"{ctx.prefix}/attempt-1/state/epoch-0002.json"}
+
+
+def test_state_saved_by_the_previous_layout_is_resumed_and_moved(tmp_path, tiny_dataset):
+    """A job that an older worker left with `{job}/state/state.json` (and no `state_key` in its
+    record) resumes from it; its first commit in the new layout deletes the old files."""
+    spec = tiny_spec(training={"epochs": 2})
+    stop = StopInEpoch(2)
+    first = context(tmp_path, spec, tiny_dataset, **stop.fields())
+    run_job(first)
+    store, prefix = first.artifacts, first.prefix
+    state = json.loads(store.get_bytes(stop.reports[-1].state_key))
+    legacy_model = f"{prefix}/state/epoch-0001.keras"
+    store.put_bytes(legacy_model, store.get_bytes(state["model_key"]))
+    for key in state_files(store, f"{prefix}/attempt-1"):
+        store.delete(key)
+    store.put_bytes(f"{prefix}/state/state.json", json.dumps({**state, "model_key": legacy_model, "best_model_key": legacy_model}).encode())
+    reports: list[EpochReport] = []
+    resumed = run_job(context(tmp_path, spec, tiny_dataset, artifacts=store, work_dir=tmp_path / "host-2",
+                              on_epoch=reports.append, attempt=2))
+    assert (resumed.outcome, resumed.epochs_run, [r.epoch for r in reports]) == ("completed", 2, [2])
+    assert not store.exists(f"{prefix}/state/state.json")
+    assert store.exists(legacy_model) == (resumed.best_epoch == 1)  # kept only as the best epoch's model
+    log_csv = store.get_bytes(resumed.artifacts["log_csv"]).decode()
+    assert [int(r["epoch"]) for r in csv.DictReader(io.StringIO(log_csv))] == [1, 2]
 
 
 def test_a_job_stopped_before_its_first_epoch_and_a_finished_job_rerun(tmp_path, tiny_dataset):
@@ -242,34 +309,39 @@ def test_a_job_stopped_before_its_first_epoch_and_a_finished_job_rerun(tmp_path,
     done = run_job(context(tmp_path, spec, tiny_dataset))
     assert done.outcome == "completed" and done.epochs_run == 1
     reports: list[EpochReport] = []
-    again = run_job(context(tmp_path, spec, tiny_dataset, on_epoch=reports.append))  # a duplicate delivery
+    again = run_job(context(tmp_path, spec, tiny_dataset, on_epoch=reports.append, attempt=2,
+                            state_key=done.artifacts["state"]))  # a duplicate delivery
     assert again.outcome == "completed" and again.epochs_run == 1 and reports == []
-    assert again.metrics == done.metrics
+    assert again.metrics == done.metrics and again.checkpoint.endswith("/attempt-2/best.keras")
 
 
 def test_best_keras_is_published_at_completion_from_the_state_and_again_after_a_crash(tmp_path, tiny_dataset):
     """Nothing reads best.keras before the job succeeds: it appears once, when the job completes,
-    as the best epoch's model kept in the state. A worker that died after the last state commit
-    (before the publish and the CSV upload) leaves a job whose next attempt only publishes."""
+    as the best epoch's model kept in the state, under the attempt's folder. A worker that died
+    after the last state commit (before the publish and the CSV upload) leaves a job whose next
+    attempt only publishes, under its own folder."""
     store = LocalArtifactStore(tmp_path / "artifacts")
-    best_key = f"{job_prefix('study-1', 'job-1')}/best.keras"
+    prefix = job_prefix("study-1", "job-1")
+    best_key = f"{prefix}/attempt-1/best.keras"
     published_during_training: list[bool] = []
     spec = tiny_spec(training={"epochs": 3})
     ctx = context(tmp_path, spec, tiny_dataset, artifacts=store,
                   on_epoch=lambda report: published_during_training.append(store.exists(best_key)))
     first = run_job(ctx)
     assert first.outcome == "completed" and first.checkpoint == best_key and published_during_training == [False] * 3
-    best_state = f"{ctx.prefix}/state/epoch-{first.best_epoch:04d}.keras"
+    best_state = f"{ctx.prefix}/attempt-1/state/epoch-{first.best_epoch:04d}.keras"
     assert store.get_bytes(best_key) == store.get_bytes(best_state)  # the classifier as it trained
     assert load_model(store.root / best_key).output_shape == (None, 3)
 
     store.delete(best_key)  # the worker "died" right after the last state commit
-    store.delete(f"{ctx.prefix}/log.csv")
+    store.delete(first.artifacts["log_csv"])
     reports: list[EpochReport] = []
-    again = run_job(context(tmp_path, spec, tiny_dataset, artifacts=store, work_dir=tmp_path / "host-2",
-                            on_epoch=reports.append))
+    second = context(tmp_path, spec, tiny_dataset, artifacts=store, work_dir=tmp_path / "host-2",
+                     on_epoch=reports.append, attempt=2, state_key=first.artifacts["state"])
+    again = run_job(second)
     assert (again.outcome, again.epochs_run, again.best_epoch, reports) == ("completed", 3, first.best_epoch, [])
-    assert store.get_bytes(best_key) == store.get_bytes(best_state) and len(csv_rows(ctx)) == 3
+    assert again.checkpoint == f"{prefix}/attempt-2/best.keras"
+    assert store.get_bytes(again.checkpoint) == store.get_bytes(best_state) and len(csv_rows(second)) == 3
 
 
 def test_augmentation_and_data_fraction_train(tmp_path, tiny_dataset):

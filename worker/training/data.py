@@ -3,15 +3,20 @@
 - Images are decoded and resized ONCE per (dataset checksum, split, image size) into a `.npy`
   file in the local cache, then memory-mapped: no epoch re-decodes a JPEG, and a dataset larger
   than memory stays on disk. The file is written to a temporary name and renamed into place, so
-  two workers on one host may race to build it and both end with a complete file.
+  two workers on one host may race to build it and both end with a complete file. Every use
+  touches it: the worker's cache bound evicts the least recently used (worker.housekeeping).
 - Before anything is decoded, every image's header is checked (`shared.datasets.images`): a
   format TensorFlow decodes, and no more pixels than the process's limit (the worker's
   `max_image_pixels`), so that a decompression bomb in an uploaded dataset fails the job with
   one line naming the file instead of taking gigabytes of memory.
 - The validation split is a seeded stratified split of the train split.
-- Each epoch draws its batches by index from a permutation seeded by (seed, epoch): the order is
-  reproducible, identical when a job resumes on another host, and identical whether the model
-  sees images or cached features (the feature cache relies on it).
+- The test split stays locked: only evaluation jobs open it. The functions that list or load a
+  split take the reader's job kind (`reader`, least privilege by default) and refuse the test
+  split to any other (`check_split_access`): selecting among many configurations on the test
+  split would spend it, and nothing could then say how good the chosen model is.
+- Each epoch takes the next slice of a stream of seeded permutations of the training images
+  (`epoch_order`): the order is reproducible, identical when a job resumes on another host, and
+  identical whether the model sees images or cached features (the feature cache relies on it).
 """
 
 from __future__ import annotations
@@ -30,14 +35,16 @@ from pydantic import ValidationError
 
 from shared.datasets.images import SUPPORTED_FORMATS, check_image
 from shared.errors import BadInputError, PermanentError
-from shared.jobs import Augmentation
+from shared.jobs import Augmentation, JobKind
 from shared.manifest import MANIFEST_NAME, Manifest, Split
 from shared.paths import safe_join
+from worker.housekeeping import touch
 from worker.training.stopping import ShouldStop, check
 
 RESIZE_METHOD = "bilinear-antialias"  # part of every cache key: a change invalidates the caches
 CACHE_VERSION = 1
 DECODE_BATCH = 128
+TEST_SPLIT_READERS: frozenset[str] = frozenset({"evaluate"})  # the only job kinds that may open the test split
 
 
 def load_manifest(dataset_dir: Path) -> Manifest:
@@ -56,7 +63,22 @@ class SplitFiles:
     labels: np.ndarray  # int32 class indices into manifest.classes
 
 
-def split_files(manifest: Manifest, split: Split) -> SplitFiles:
+def check_split_access(split: Split, reader: JobKind) -> None:
+    """Refuse the test split to every job kind but evaluation (PermanentError: a train or
+    finetune job that asks for it is a bug that no retry fixes)."""
+    if split == "test" and reader not in TEST_SPLIT_READERS:
+        raise PermanentError(
+            f"a {reader} job may not read the test split: the test split stays locked, only evaluation jobs open it"
+        )
+
+
+def split_files(manifest: Manifest, split: Split, reader: JobKind = "train") -> SplitFiles:
+    """The files of `split` with their labels, as `reader` (a job kind) may see them.
+
+    Raises:
+        PermanentError: the split is empty or names unlisted classes, or `reader` may not read it.
+    """
+    check_split_access(split, reader)
     files = manifest.split(split)
     if not files:
         raise PermanentError(f"dataset {manifest.name!r} has no {split} images")
@@ -69,17 +91,20 @@ def split_files(manifest: Manifest, split: Split) -> SplitFiles:
 
 def load_images(
     dataset_dir: Path, manifest: Manifest, split: Split, image_size: int, cache_dir: Path,
-    should_stop: ShouldStop | None = None,
+    should_stop: ShouldStop | None = None, reader: JobKind = "train",
 ) -> np.ndarray:
     """The split's images as a read-only (N, S, S, 3) uint8 array, memory-mapped from the cache.
     Decoding polls `should_stop` between batches (StopRequested). Every header is checked
-    first: BadInputError names the first file that is not a decodable format or is too large."""
-    files = split_files(manifest, split)
+    first: BadInputError names the first file that is not a decodable format or is too large.
+    `reader` is the job kind asking: the test split is refused to all but evaluation, before
+    any file (or cached array) of it is opened."""
+    files = split_files(manifest, split, reader)
     shape = (len(files.paths), image_size, image_size, 3)
     name = f"images-{manifest.checksum[:24]}-{split}-{image_size}-{RESIZE_METHOD}-v{CACHE_VERSION}.npy"
     path = Path(cache_dir) / name
     cached = _open_cached(path, shape)
     if cached is not None:
+        touch(path)  # last use, for the cache bound (worker.housekeeping)
         return cached
     local = [safe_join(Path(dataset_dir), key) for key in files.paths]
     missing = [str(p) for p in local if not p.is_file()]
@@ -113,6 +138,7 @@ def _decode_into(path: Path, files: Sequence[Path], shape: tuple[int, ...], shou
             check(should_stop)
             out[start : start + len(batch)] = batch
             start += len(batch)
+            touch(temp)  # a live writer's temp file: housekeeping removes only untouched ones
         out.flush()
         del out
         os.replace(temp, path)  # readers see either no file or a complete one
@@ -178,10 +204,23 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 
 def epoch_order(train_idx: np.ndarray, seed: int, epoch: int, fraction: float = 1.0) -> np.ndarray:
-    """The indices one epoch (0-based) trains on, in order: a fresh seeded permutation, cut to
-    `fraction` of the training data (so steps per epoch = ceil(fraction * n / batch))."""
-    order = train_idx[_rng(seed, 1, epoch).permutation(len(train_idx))]
-    return order[: max(1, math.ceil(fraction * len(order)))]
+    """The indices one epoch (0-based) trains on, in order: the epoch's slice, ceil(fraction * n)
+    long, of one stream of passes over the training data, pass k a permutation seeded by (seed, k).
+
+    As in the original workflow (Keras 2 generators with fewer steps per epoch than a full pass),
+    each epoch goes on where the last one stopped: every image is seen once per pass, a pass
+    lasts 1/fraction epochs, and at fraction 0.5 two epochs see every image exactly once (an
+    independent draw per epoch would leave a quarter unseen). An epoch that straddles two passes
+    ends one and starts the next. A function of the epoch index alone, so a resumed job trains
+    on the same slices.
+    """
+    n = len(train_idx)
+    size = max(1, math.ceil(fraction * n - 1e-9))  # 1e-9: 0.3 * 10 is 3.0000000000000004
+    start = epoch * size
+    passes = range(start // n, (start + size - 1) // n + 1)
+    stream = np.concatenate([_rng(seed, 1, k).permutation(n) for k in passes])
+    offset = start - passes[0] * n
+    return train_idx[stream[offset : offset + size]]
 
 
 def augmentation_seed(seed: int, epoch: int) -> int:

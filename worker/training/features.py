@@ -14,6 +14,18 @@ An entry is `{feature_cache_prefix}/{key}/`:
 The data files carry a per-writer token, so two workers racing to build one entry never
 overwrite each other's files; the loser deletes its own and uses the winner's entry.
 
+Equivalent, not identical: a base's outputs for one image depend (in the last float32 bits) on
+the batch it is computed in, since the math libraries pick their kernels by batch shape. So the
+features are extracted in batches of EXTRACTION_BATCH whatever the building job's batch size
+(the key names it): every job that shares an entry trains on the same numbers, whichever job
+built it. Training through the base instead (the feature cache off) feeds it the job's own
+batches: its numbers agree with the cached path's to within that rounding, not bit for bit
+(tests/unit/test_feature_cache.py measures it on a calibrated base).
+
+The manifest is read back from the artifact store: the file names it gives are checked
+(`_file_name`) before anything is joined with them, so a hostile manifest cannot make the
+worker read or write a file outside the entry.
+
 The weights part of the key names the base's weights without building the base (which takes
 seconds): "imagenet" (fixed per Keras version, which the key holds), a weights file by its
 sha256, or a random init by its seed. A job that hits the entry never builds the base while
@@ -38,15 +50,18 @@ from typing import Any
 import keras
 import numpy as np
 
-from shared.errors import NotFoundError, PermanentError, RetryableError
+from shared.errors import BadInputError, NotFoundError, PermanentError, RetryableError
 from shared.jobs import JobSpec
+from shared.paths import check_key, safe_join
 from shared.ports import ArtifactStore
+from worker.housekeeping import touch
 from worker.training import data
 from worker.training.stopping import ShouldStop, check
 from worker.training.models import architecture, base_features, build_base, copy_head, load_weights_strictly, transfer_model
 
 log = logging.getLogger(__name__)
-ENTRY_VERSION = 2
+ENTRY_VERSION = 3  # 3: extracted in batches of EXTRACTION_BATCH (2: in the building job's batch size)
+EXTRACTION_BATCH = 32  # fixed, so an entry's numbers do not depend on which job built it
 
 
 def applies(spec: JobSpec) -> bool:
@@ -82,6 +97,7 @@ def entry_key(spec: JobSpec, weights_id: str, dataset_checksum: str) -> str:
         "preprocessing": f"keras.applications.{arch.module}.preprocess_input@keras-{keras.__version__}",
         "resize": data.RESIZE_METHOD,
         "dataset": dataset_checksum,
+        "extraction_batch": EXTRACTION_BATCH,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -127,9 +143,10 @@ class Entry:
         cached = self.bases.get(self.key)
         if cached is not None:
             return cached
-        local = self.local_dir / self.manifest["base_weights"]
+        name = _file_name(self.manifest, "base_weights", self.prefix)
+        local = safe_join(self.local_dir, name)
         if not local.is_file():
-            artifacts.get_file(f"{self.prefix}/{self.manifest['base_weights']}", local)
+            artifacts.get_file(f"{self.prefix}/{name}", local)
         model_spec = spec.model.model_copy(update={"weights": None})
         base = build_base(architecture(spec.model.architecture), model_spec, None)
         load_weights_strictly(base, local, f"feature cache base weights {self.prefix}", "the job's base")
@@ -159,16 +176,17 @@ class FeatureCache:
 
     def open(self, key: str, labels: np.ndarray) -> Entry | None:
         """A committed entry (its features downloaded once per host), or None."""
-        prefix = f"{self.prefix}/{key}"
+        prefix = f"{self.prefix}/{_entry_name(key)}"
         try:
             manifest = json.loads(self.artifacts.get_bytes(f"{prefix}/manifest.json"))
         except NotFoundError:
             return None
         if manifest["labels"] != labels.tolist():
             raise PermanentError(f"feature cache entry {prefix} does not match the dataset's labels")
-        local = self._local(key) / manifest["features"]
+        name = _file_name(manifest, "features", prefix)
+        local = safe_join(self._local(key), name)
         if not local.is_file():
-            self._download(f"{prefix}/{manifest['features']}", local, manifest["features_sha256"])
+            self._download(f"{prefix}/{name}", local, manifest["features_sha256"])
         return Entry(key, prefix, manifest, np.load(local, mmap_mode="r"), local.parent, self.bases)
 
     def _download(self, key: str, local: Path, sha256: str) -> None:
@@ -180,8 +198,9 @@ class FeatureCache:
         os.replace(temp, local)
 
     def _local(self, key: str) -> Path:
-        path = self.local_dir / key
+        path = safe_join(self.local_dir, _entry_name(key))
         path.mkdir(parents=True, exist_ok=True)
+        touch(path)  # last use of this host's copy, for the cache bound (worker.housekeeping)
         return path
 
     def _build(
@@ -192,9 +211,7 @@ class FeatureCache:
         prefix = f"{self.prefix}/{key}"
         features_name, weights_name = f"features-{token}.npy", f"base-{token}.weights.h5"
         extractor = base_features(spec.model, base)
-        features_path = compute_features(
-            extractor, images, spec.training.batch_size, self._local(key) / features_name, should_stop
-        )
+        features_path = compute_features(extractor, images, EXTRACTION_BATCH, self._local(key) / features_name, should_stop)
         weights_path = self._local(key) / weights_name
         base.save_weights(weights_path)
         uploaded = [f"{prefix}/{features_name}", f"{prefix}/{weights_name}"]
@@ -255,12 +272,34 @@ def compute_features(
             batch = extractor.predict_on_batch(x)
             out[start : start + len(batch)] = batch
             start += len(batch)
+            touch(temp)  # a live writer's temp file: housekeeping removes only untouched ones
         out.flush()
         del out
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
     return path
+
+
+def _file_name(manifest: dict[str, Any], field: str, prefix: str) -> str:
+    """A file name that the entry's manifest gives (see `_segment`)."""
+    return _segment(manifest.get(field), f"entry {prefix}: manifest field {field!r}")
+
+
+def _entry_name(key: str) -> str:
+    """An entry's key, as a job's saved state names it (see `_segment`)."""
+    return _segment(key, "entry key")
+
+
+def _segment(value: object, what: str) -> str:
+    """`value` if it is one safe path segment (no `/`, no `..`, not absolute), else
+    PermanentError: what the artifact store gave back was not written by a worker."""
+    try:
+        if not isinstance(value, str) or "/" in check_key(value):
+            raise BadInputError(f"{value!r} is not one file name")
+    except BadInputError as exc:
+        raise PermanentError(f"feature cache {what}: {exc}") from None
+    return value
 
 
 def _sha256(path: Path) -> str:

@@ -37,9 +37,13 @@ def fetch_weights(ctx: JobContext) -> Path | None:
 
 
 def parent_checkpoint_key(ctx: JobContext) -> str:
-    if not ctx.parent_prefix:
+    """The parent's model as its record names it (`checkpoint`, written with its metrics by the
+    parent's fenced finish): never a fixed key, which a fenced-out worker could have written."""
+    if ctx.spec.parent_job_id is None:
         raise PermanentError(f"{ctx.spec.kind} job {ctx.job_id} names no parent job")
-    return f"{ctx.parent_prefix}/best.keras"
+    if not ctx.parent_checkpoint:
+        raise PermanentError(f"the parent job {ctx.spec.parent_job_id} has no checkpoint (it has not succeeded)")
+    return ctx.parent_checkpoint
 
 
 def load_parent(ctx: JobContext) -> keras.Model:

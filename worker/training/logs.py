@@ -2,7 +2,10 @@
 
 The CSV is rewritten from the saved history after every epoch rather than appended to, so it
 stays one continuous log across attempts and hosts: a redone epoch replaces nothing and is never
-listed twice, and an epoch is never missing.
+listed twice, and an epoch is never missing. Each attempt writes its own copy under its attempt
+folder (`attempt-{n}/log.csv`, starting from the committed history), so that a worker that lost
+its lease never rewrites the log of the job's new owner; the record's `artifacts["log_csv"]`
+names the current one.
 
 TensorBoard: a job's `tensorboard/` folder (`studies/<study>/jobs/<job>/tensorboard`) holds
 Keras's per-epoch scalars in `train/` and `validation/`, and is itself an HParams *session*:
@@ -94,10 +97,10 @@ class EpochLogs:
 
     def __init__(
         self, artifacts: ArtifactStore, prefix: str, work_dir: Path,
-        spec: JobSpec | None = None, trial_id: str | None = None,
+        spec: JobSpec | None = None, trial_id: str | None = None, csv_key: str | None = None,
     ) -> None:
         self.artifacts = artifacts
-        self.csv_key = f"{prefix}/log.csv"
+        self.csv_key = csv_key or f"{prefix}/log.csv"
         self.tensorboard_prefix = f"{prefix}/tensorboard"
         self.tensorboard_dir = Path(work_dir) / "tensorboard"
         self.spec = spec
@@ -107,7 +110,17 @@ class EpochLogs:
 
     @classmethod
     def for_job(cls, ctx: JobContext) -> EpochLogs:
-        return cls(ctx.artifacts, ctx.prefix, ctx.work_dir, ctx.spec, ctx.job_id)
+        return cls(ctx.artifacts, ctx.prefix, ctx.work_dir, ctx.spec, ctx.job_id, cls.csv_key_for(ctx))
+
+    @staticmethod
+    def csv_key_for(ctx: JobContext) -> str:
+        """The attempt's CSV log. TensorBoard stays one folder per job (the HParams session):
+        every attempt adds event files of its own there and rewrites none."""
+        return f"{ctx.attempt_prefix}/log.csv"
+
+    @staticmethod
+    def tensorboard_prefix_for(ctx: JobContext) -> str:
+        return f"{ctx.prefix}/tensorboard"
 
     def write_csv(self, history: list[dict[str, float]]) -> None:
         if history:

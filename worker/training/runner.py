@@ -27,7 +27,8 @@ class JobRunner:
 
 
 def run_job(ctx: JobContext, bases: BaseCache | None = None) -> JobResult:
-    """Train, fine-tune or evaluate one job, resuming from its saved state if it has one.
+    """Train, fine-tune or evaluate one job, resuming from its committed state (`ctx.state_key`)
+    if it has one, and writing only under its attempt's folder.
 
     Raises PermanentError for what can never succeed (bad dataset, missing parent or weights)
     and lets RetryableError (transient I/O) through; a stop request returns outcome STOPPED.
@@ -39,7 +40,7 @@ def run_job(ctx: JobContext, bases: BaseCache | None = None) -> JobResult:
     manifest = data.load_manifest(ctx.dataset_dir)
     if ctx.spec.kind == "evaluate":
         return evaluate(ctx, manifest, started)
-    states = StateStore(ctx.artifacts, ctx.prefix, ctx.work_dir)
+    states = StateStore(ctx.artifacts, ctx.attempt_prefix, ctx.work_dir, ctx.state_key, f"{ctx.prefix}/state/state.json")
     try:
         session = open_session(ctx, manifest, states, bases if bases is not None else BaseCache())
     except StopRequested as stop:  # while decoding images or computing features: nothing to save

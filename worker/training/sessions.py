@@ -5,12 +5,19 @@ Three shapes of session, one training loop:
 - train on cached features: fit the head alone on the base's outputs; the complete classifier
   (the entry's base + the best epoch's head) is assembled once, when the job completes
   (train.publish_best);
-- fine-tune: fit the parent's best model with the top of its base unfrozen.
-A resumed session takes the model (with optimizer state) and progress from `state/`.
+- fine-tune: fit the parent's best model with the top of its base unfrozen (finetune.py),
+  starting from the parent's validation score (epoch 0): its weights stay the job's best model
+  until an epoch beats them.
+A resumed session takes the model (with optimizer state) and progress from the committed state.
+
+Every model is compiled with the plain cross-entropy as a metric besides Keras's loss (which adds
+the head's regularisation penalties): `loss`/`val_loss` are recorded as the cross-entropy
+(state.recorded_metrics), the quantity evaluation's test_loss is.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import keras
@@ -23,9 +30,13 @@ from worker.training import data, features
 from worker.job import JobContext
 from worker.training.finetune import unfreeze
 from worker.training.inputs import fetch_weights, load_parent
-from worker.training.models import architecture, build_model, count_params, head_classifier, load_model
+from worker.training.models import build_model, count_params, find_base, head_classifier, load_model
 from worker.training.optimizers import make_optimizer
-from worker.training.state import Progress, StateStore, restore_rng_state
+from worker.training.state import CROSS_ENTROPY, Monitor, Progress, StateStore, recorded_metrics, restore_rng_state
+from worker.training.stopping import StopPoller
+
+log = logging.getLogger(__name__)
+LOSS = "sparse_categorical_crossentropy"
 
 
 @dataclass
@@ -44,8 +55,13 @@ class Session:
         return (total + self.entry.base_params if self.entry else total), trainable
 
 
-def compile_model(model: keras.Model, optimizer: OptimizerSpec) -> None:
-    model.compile(optimizer=make_optimizer(optimizer), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+def compile_model(model: keras.Model, optimizer: OptimizerSpec | keras.optimizers.Optimizer) -> None:
+    """Compile for training: Keras's loss (cross-entropy + penalties) is what the optimizer
+    minimises; the cross-entropy metric is what the job records as loss (state.recorded_metrics)."""
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        optimizer = make_optimizer(optimizer)
+    cross_entropy = keras.metrics.SparseCategoricalCrossentropy(name=CROSS_ENTROPY)
+    model.compile(optimizer=optimizer, loss=LOSS, metrics=["accuracy", cross_entropy])
 
 
 def open_session(ctx: JobContext, manifest: Manifest, states: StateStore, bases: features.BaseCache) -> Session:
@@ -57,9 +73,7 @@ def open_session(ctx: JobContext, manifest: Manifest, states: StateStore, bases:
     # Seeds the weights of a new model (and Dropout); a resumed model brings its own.
     keras.utils.set_random_seed(spec.training.seed)
     if spec.kind == "finetune":
-        trainer = _finetune_model(ctx, progress, states)
-        images = _images(ctx, manifest, trainer.input_shape[1])
-        return Session(trainer, images, labels, train_idx, val_idx, progress or Progress())
+        return _finetune(ctx, manifest, labels, train_idx, val_idx, progress, states)
     if progress is None:
         return _new_train(ctx, manifest, labels, train_idx, val_idx, bases)
     return _resumed_train(ctx, manifest, labels, train_idx, val_idx, progress, states, bases)
@@ -107,17 +121,59 @@ def _resumed_train(
     return Session(trainer, entry.features, labels, train_idx, val_idx, progress, entry)
 
 
-def _finetune_model(ctx: JobContext, progress: Progress | None, states: StateStore) -> keras.Model:
+def _finetune(
+    ctx: JobContext, manifest: Manifest, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+    progress: Progress | None, states: StateStore,
+) -> Session:
     if progress is not None:
-        return _load_state_model(states, progress)  # trainable flags and optimizer state included
+        trainer = _load_state_model(states, progress)  # trainable flags and optimizer state included
+        return Session(trainer, _images(ctx, manifest, trainer.input_shape[1]), labels, train_idx, val_idx, progress)
+    trainer, share = _finetune_model(ctx)
+    images = _images(ctx, manifest, trainer.input_shape[1])
+    session = Session(trainer, images, labels, train_idx, val_idx, Progress(job_metrics={"unfrozen_share": share}))
+    _start_from_parent(ctx, session, states)
+    return session
+
+
+def _finetune_model(ctx: JobContext) -> tuple[keras.Model, float]:
+    """The parent's model with the top of its base unfrozen, compiled, and the share of the
+    base's parameters unfrozen (logged)."""
     model = load_parent(ctx)
-    arch = architecture(ctx.spec.model.architecture)
-    unfreeze(model, ctx.spec.unfreeze_from, arch.unfreeze_from)
+    unfrozen = unfreeze(model, ctx.spec.unfreeze_from)
+    wrapper = find_base(model)
+    if wrapper is not None:
+        layer = wrapper.base.layers[unfrozen.start]
+        log.info("fine-tuning %s from layer %d (%s): %.1f%% of the base's parameters unfrozen",
+                 wrapper.base.name, unfrozen.start, layer.name, 100 * unfrozen.share)
     compile_model(model, ctx.spec.optimizer)
-    return model
+    return model, unfrozen.share
+
+
+def _start_from_parent(ctx: JobContext, session: Session, states: StateStore) -> None:
+    """Epoch 0 of a fine-tuning job: the parent's model scored on the validation split, in
+    fit's validation batches. The best checkpoint and early stopping start from that score, and
+    the parent's model is kept as epoch 0's, published if no epoch beats it."""
+    progress = session.progress
+    reference = validation_metrics(session, ctx.spec.training.batch_size, StopPoller(ctx.should_stop))
+    monitor = Monitor.from_spec(ctx.spec.training.early_stopping)
+    progress.start_from(monitor, reference)
+    log.info("fine-tuning starts from the parent's %s", ", ".join(f"{k} {v:.4f}" for k, v in sorted(reference.items())))
+    if progress.best_epoch == 0:
+        states.save_reference(progress, session.trainer)
+
+
+def validation_metrics(session: Session, batch_size: int, poller: keras.callbacks.Callback) -> dict[str, float]:
+    """The trainer's validation metrics as fit reports them (`val_loss` the cross-entropy...)."""
+    inputs = np.asarray(session.inputs[session.val_idx])
+    scores = session.trainer.evaluate(
+        inputs, session.labels[session.val_idx], batch_size=batch_size, callbacks=[poller], return_dict=True, verbose=0
+    )
+    return recorded_metrics({f"val_{name}": value for name, value in scores.items()})
 
 
 def _load_state_model(states: StateStore, progress: Progress) -> keras.Model:
     model = load_model(states.model_path(progress))
     restore_rng_state(model, progress.rng)
+    if CROSS_ENTROPY not in str((model.get_compile_config() or {}).get("metrics")):
+        compile_model(model, model.optimizer)  # saved before the metric existed: same optimizer, same state
     return model
