@@ -58,9 +58,9 @@ variable "max_receive_count" {
 }
 
 variable "queue_retention_days" {
-  description = "Days a job message is kept in the queue. The dead-letter queue keeps messages 14 days (the SQS maximum), which must be longer."
+  description = "Days a job message is kept in the queue: as long as SQS allows while staying shorter than the dead-letter queue's 14 days (the SQS maximum), since a redriven message keeps its first send time. A large study can wait in the queue this long; the reconciler re-sends a job before its message would expire."
   type        = number
-  default     = 4
+  default     = 13
 
   validation {
     condition     = var.queue_retention_days >= 1 && var.queue_retention_days <= 13 && floor(var.queue_retention_days) == var.queue_retention_days

@@ -134,7 +134,7 @@ def test_contract_defaults(tf):
     assert default(tf, "stack") == "spotsweep"
     assert default(tf, "lease_s") == 300
     assert default(tf, "max_receive_count") == 5
-    assert default(tf, "queue_retention_days") == 4
+    assert default(tf, "queue_retention_days") == 13
     assert default(tf, "min_size") == 0
     assert default(tf, "metadata_hop_limit") == 1
     assert default(tf, "ami_id") is None
@@ -188,7 +188,7 @@ def test_dlq_retention_is_longer_than_the_queue(tf):
     assert tf.resource("aws_sqs_queue", "dlq")["message_retention_seconds"] == "${local.dlq_retention_s}"
     assert tf.resource("aws_sqs_queue", "jobs")["message_retention_seconds"] == "${local.queue_retention_s}"
     queue_s = tfmodel.eval_simple(tf.locals["queue_retention_s"], {"var.queue_retention_days": default(tf, "queue_retention_days")})
-    assert queue_s == 4 * 86400 < dlq_s
+    assert queue_s == 13 * 86400 < dlq_s  # as long as SQS allows, below the DLQ's
     # and the variable cannot be raised to the DLQ's retention
     condition = expr(one(tf.variables["queue_retention_days"], "validation")["condition"])
     assert "var.queue_retention_days <= 13" in condition

@@ -43,7 +43,7 @@ CHECKPOINT_NONCURRENT_DAYS = 7
 # As terraform/variables.tf (`queue_retention_days`): shorter than the DLQ's 14 days, because a
 # message redriven there keeps its first send time and would expire in the DLQ the sooner. Older
 # messages are dropped silently: the reconciler sends a fresh one before (`shared.reconcile`).
-QUEUE_RETENTION_S = 4 * 24 * 3600
+QUEUE_RETENTION_S = 13 * 24 * 3600  # as long as SQS allows while staying shorter than the DLQ's
 
 
 # The dataset sync sends 8 files at a time (shared.datasets.sync), each in up to 8 parts at

@@ -278,4 +278,4 @@ def test_dead_letters_are_long_polled_and_counts_report_the_retention(aws):
     assert sent[0]["MaxNumberOfMessages"] == 10 and sent[0]["VisibilityTimeout"] == 30
     from shared.backends.aws import QUEUE_RETENTION_S
 
-    assert aws.queue.counts().retention_s == QUEUE_RETENTION_S == 4 * 86400
+    assert aws.queue.counts().retention_s == QUEUE_RETENTION_S == 13 * 86400
