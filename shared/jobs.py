@@ -119,6 +119,7 @@ class TrainingSpec(_Frozen):
     augmentation: Augmentation | None = None
     seed: JobSeed = 0
     feature_cache: bool = True
+    mixed_precision: bool = False  # Keras's mixed_float16 policy (worker/training/models.py)
 
 
 class JobSpec(_Frozen):
@@ -133,13 +134,18 @@ class JobSpec(_Frozen):
     repeat: RepeatIndex = 0
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        data = self.model_dump(mode="json", exclude=self._defaults_left_out())
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def config_key(self) -> str:
         """The configuration without its repeat index and seed: repeats share it."""
-        data = self.model_dump(mode="json", exclude={"repeat"})
+        data = self.model_dump(mode="json", exclude={"repeat": True, **self._defaults_left_out()})
         data["training"].pop("seed")
         return short_hash(json.dumps(data, sort_keys=True))
+
+    def _defaults_left_out(self) -> dict[str, Any]:
+        # `training.mixed_precision` off is left out: a job written before the field keeps its id.
+        return {} if self.training.mixed_precision else {"training": {"mixed_precision": True}}
 
 
 def short_hash(text: str, length: int = 12) -> str:

@@ -11,7 +11,8 @@ this order:
    the job is recorded FAILED with "dead-lettered after N own failures: <its last error>". Then
    the dead letter is deleted, as is one of a finished job or of a job a live worker holds (its
    message is in flight). What is no job's message (unparsable, an unknown or corrupt job) stays
-   in the dead-letter queue for people to look at.
+   in the dead-letter queue for people to look at. A job under a suspicious lease (2d) is held by
+   nobody: its dead letter is re-driven, not dropped.
 2. Messages. A job needs one when it is QUEUED, or RUNNING with a lease lapsed for more than
    `expired_margin_s` (its worker died and nobody took the message over). One is sent when:
    a. none was ever sent: no `enqueued_at`, and created more than `resend_grace_s` ago;
@@ -21,6 +22,11 @@ this order:
       the queue holds fewer messages (visible + in flight) than there are unfinished jobs
       (QUEUED + RUNNING, over every study the queue serves: a purge, a deleted message) and it
       was sent more than `resend_grace_s` ago (so that a message just sent is not doubled).
+   d. RUNNING under a suspicious lease (`lease_suspicious`: one that ends further ahead than any
+      claim grants, written by a broken or hostile writer or a clock far ahead): nobody holds the
+      job, since the first worker that receives its message takes it back (worker.loop), so it is
+      treated as QUEUED: sent when none was ever sent, or by (c). Rule (b) cannot apply to it: its
+      lease would not lapse for ages.
    Never a healthy backlog on every run: each send stamps `enqueued_at`, so (a) and (b) fire
    once per job, and (c)'s count rule only while the queue holds fewer messages than jobs, which
    one re-send ends. A queue as full as the store is never sent to: the autoscaling metric (the
@@ -67,6 +73,24 @@ TAKEOVER_LEASE_S = 60.0  # how long that takeover holds the job: a claim and a f
 LINE_IDS = 5  # ids named per action in a report's human lines
 
 
+def longest_lease_s(lease_s: float) -> float:
+    """The longest lease any claim grants: a worker's (`lease_s`) or the reconciler's takeover."""
+    return max(lease_s, TAKEOVER_LEASE_S)
+
+
+def suspicious_lease_s(lease_s: float) -> float:
+    """How far ahead a lease may end before the job counts as held by nobody: twice the longest
+    lease, room for clocks that disagree by up to a lease."""
+    return 2 * longest_lease_s(lease_s)
+
+
+def lease_suspicious(record: JobRecord, lease_s: float, now: float) -> bool:
+    """RUNNING under a lease that ends more than `suspicious_lease_s` from `now`: no claim
+    granted it, so no live worker holds the job. The one rule for the worker loop (which takes
+    such a job back) and the reconciler (which sends it a message)."""
+    return record.status is JobStatus.RUNNING and (record.lease_expires_at or now) - now > suspicious_lease_s(lease_s)
+
+
 @dataclass(frozen=True)
 class ReconcilePolicy:
     """When the reconciler acts (see the module docstring for the rules)."""
@@ -79,6 +103,7 @@ class ReconcilePolicy:
     # A dead letter taken stays hidden this long: longer than a run takes to page through the DLQ,
     # short enough that poison left there stays visible to people and to the DLQ alarm.
     dead_hide_s: float = 60.0
+    lease_s: float = BackendConfig.model_fields["lease_s"].default  # the workers' lease: bounds a suspicious one
 
     @classmethod
     def for_config(cls, config: BackendConfig, **overrides: Any) -> ReconcilePolicy:
@@ -87,6 +112,7 @@ class ReconcilePolicy:
         a worker was up; a lease lapsed that long was not taken over)."""
         lease_s = config.lease_s
         scaled = {"resend_grace_s": min(cls.resend_grace_s, lease_s), "expired_margin_s": min(cls.expired_margin_s, lease_s)}
+        scaled["lease_s"] = lease_s
         return cls(**{"max_failures": config.max_failures, **scaled, **overrides})
 
 
@@ -101,6 +127,7 @@ class ReconcileReport:
     sent_unsent: list[str] = field(default_factory=list)  # rule (a): never sent
     sent_lapsed: list[str] = field(default_factory=list)  # rule (b): lapsed lease, nothing sent since
     resent: list[str] = field(default_factory=list)  # rule (c): the message may be gone
+    sent_suspicious: list[str] = field(default_factory=list)  # rule (d): a lease no claim granted, message missing
     cancelled: list[str] = field(default_factory=list)  # jobs of cancelled studies: cancelled or flagged
     advanced: dict[str, dict[str, int]] = field(default_factory=dict)  # study -> stage -> jobs created
     errors: list[str] = field(default_factory=list)  # one line per study or message it could not handle
@@ -190,16 +217,17 @@ def _in_scope(studies: list[StudyRecord], scope: set[str] | None) -> list[StudyR
 
 
 class SendReason(StrEnum):
-    """Why a job gets a message (rules a-c of the module docstring)."""
+    """Why a job gets a message (rules a-d of the module docstring)."""
 
     UNSENT = "unsent"  # (a) none was ever sent
     LAPSED = "lapsed"  # (b) its worker died, nothing sent since
     RESENT = "resent"  # (c) its message may be gone
+    SUSPICIOUS = "suspicious"  # (d) held by nobody (a lease no claim granted), its message missing
 
 
 @dataclass(frozen=True)
 class _SendRules:
-    """Which jobs get a message now (rules a-c of the module docstring)."""
+    """Which jobs get a message now (rules a-d of the module docstring)."""
 
     policy: ReconcilePolicy
     now: float
@@ -213,23 +241,31 @@ class _SendRules:
 
     def reason(self, job: JobRecord) -> SendReason | None:
         """Why `job` gets a message now; None: it needs none, or has one."""
+        if lease_suspicious(job, self.policy.lease_s, self.now):
+            return SendReason.SUSPICIOUS if job.enqueued_at is None or self.maybe_gone(job) else None
         if job.status is not JobStatus.QUEUED and not self.lapsed(job):
             return None
-        grace_ago = self.now - self.policy.resend_grace_s
         if job.enqueued_at is None:
             if job.status is JobStatus.RUNNING:
                 return SendReason.LAPSED
-            return SendReason.UNSENT if job.created_at < grace_ago else None
+            return SendReason.UNSENT if job.created_at < self.now - self.policy.resend_grace_s else None
         if job.status is JobStatus.RUNNING and job.enqueued_at < (job.lease_expires_at or 0.0):
             return SendReason.LAPSED
-        if self.retention_s and job.enqueued_at < self.now - max(0.0, self.retention_s - self.policy.retention_margin_s):
-            return SendReason.RESENT
-        return SendReason.RESENT if self.short and job.enqueued_at < grace_ago else None
+        return SendReason.RESENT if self.maybe_gone(job) else None
+
+    def maybe_gone(self, job: JobRecord) -> bool:
+        """Rule (c): the message sent at `enqueued_at` may be gone (the queue's retention, or a
+        queue short of messages and a send older than the grace)."""
+        sent_at = job.enqueued_at or 0.0
+        if self.retention_s and sent_at < self.now - max(0.0, self.retention_s - self.policy.retention_margin_s):
+            return True
+        return self.short and sent_at < self.now - self.policy.resend_grace_s
 
 
 def _send_missing(backend: Backend, jobs: Iterable[JobRecord], rules: _SendRules, report: ReconcileReport) -> None:
     chosen: list[JobRecord] = []
-    lists = {SendReason.UNSENT: report.sent_unsent, SendReason.LAPSED: report.sent_lapsed, SendReason.RESENT: report.resent}
+    lists = {SendReason.UNSENT: report.sent_unsent, SendReason.LAPSED: report.sent_lapsed,
+             SendReason.RESENT: report.resent, SendReason.SUSPICIOUS: report.sent_suspicious}
     for job in jobs:
         reason = rules.reason(job)
         if reason is not None:
@@ -289,7 +325,7 @@ def decide_dead_letter(
     record = _dead_job(store, delivery, scope, report)
     if record is None:
         return DeadLetter.KEEP, None
-    if record.status.finished or record.job_id in redriven or _held(record, now):
+    if record.status.finished or record.job_id in redriven or _held(record, policy, now):
         report.dead_dropped.append(record.job_id)
         return DeadLetter.DROP, record
     if record.failures >= policy.max_failures:
@@ -320,9 +356,11 @@ def _dead_job(store: JobStore, delivery: Delivery, scope: set[str] | None, repor
     return record
 
 
-def _held(record: JobRecord, now: float) -> bool:
-    """RUNNING under a live lease: its worker holds a message (this dead letter is a duplicate)."""
-    return record.status is JobStatus.RUNNING and not record.lease_expired(now)
+def _held(record: JobRecord, policy: ReconcilePolicy, now: float) -> bool:
+    """RUNNING under a live lease that a claim could have granted: its worker holds a message
+    (this dead letter is a duplicate). A suspicious lease is nobody's: its job is re-driven."""
+    live = record.status is JobStatus.RUNNING and not record.lease_expired(now)
+    return live and not lease_suspicious(record, policy.lease_s, now)
 
 
 def fail_dead_lettered(store: JobStore, record: JobRecord, now: float) -> bool:

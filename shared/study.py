@@ -98,6 +98,9 @@ class Training(_Strict):
     early_stopping: EarlyStopping | None = EarlyStopping()
     repeats: Repeats = 1
     feature_cache: bool = True
+    # Keras's mixed_float16 policy (float16 compute, float32 weights and softmax): faster on GPUs
+    # with tensor cores. Off by default, and left out of the study id while off.
+    mixed_precision: bool = False
 
 
 class FinetuneFollowUp(_Strict):
@@ -177,8 +180,14 @@ class StudySpec(_Strict):
         return f"{slug}-{short_hash(self.canonical_json(), 8)}"
 
     def canonical_json(self) -> str:
-        # Without `optimizer_defaults` at its default: a study written before the field keeps its id.
-        data = self.model_dump(mode="json", exclude={"optimizer_defaults"} if self.optimizer_defaults == "keras3" else None)
+        # Without `optimizer_defaults` and `training.mixed_precision` at their defaults: a study
+        # written before the fields keeps its id.
+        exclude: dict[str, Any] = {}
+        if self.optimizer_defaults == "keras3":
+            exclude["optimizer_defaults"] = True
+        if not self.training.mixed_precision:
+            exclude["training"] = {"mixed_precision": True}
+        data = self.model_dump(mode="json", exclude=exclude or None)
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
@@ -421,6 +430,7 @@ def _train_spec(spec: StudySpec, point: list[Any], repeat: int) -> JobSpec:
             augmentation=augmentation,
             seed=spec.seed + repeat,
             feature_cache=spec.training.feature_cache,
+            mixed_precision=spec.training.mixed_precision,
         ),
         repeat=repeat,
     )

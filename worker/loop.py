@@ -24,7 +24,8 @@ A duplicate delivery of a job under a live lease is released until the lease cou
 but never for longer than the longest lease a claim grants (`longest_lease_s`) plus the
 visibility margin: a lease that claims to end later was not written by the claim protocol (a
 broken or hostile writer, or a clock far ahead). One that ends more than `suspicious_lease_s`
-from now (twice the longest lease: room for clocks that disagree by up to a lease) is taken
+from now (twice the longest lease: room for clocks that disagree by up to a lease; one rule,
+`shared.reconcile.lease_suspicious`, by which the reconciler also re-sends its message) is taken
 back: a fenced finish as QUEUED by the record's own attempt (refused if anyone claimed the job
 meanwhile), which fences its holder out at its next write, and then the ordinary claim.
 
@@ -49,7 +50,7 @@ from shared.errors import BadInputError, CorruptRecordError, FatalError, LeaseLo
 from shared.jobs import EpochRecord, JobMessage, JobRecord, parse_message
 from shared.paths import check_id, job_prefix, safe_join
 from shared.ports import Backend, Delivery
-from shared.reconcile import TAKEOVER_LEASE_S, ReconcilePolicy, reconcile_if_due
+from shared.reconcile import ReconcilePolicy, lease_suspicious, longest_lease_s, reconcile_if_due
 from shared.status import JobStatus
 from worker.breaker import CircuitBreaker
 from worker.housekeeping import Housekeeper, hold_work_dir
@@ -220,7 +221,7 @@ class Worker:
         if current.status.finished:
             queue.delete([delivery.receipt])  # a duplicate of a job that already has its one result
             return None
-        if _lease_suspicious(current, self.settings.lease_s, now):
+        if lease_suspicious(current, self.settings.lease_s, now):
             self._take_back(current, now)
         record = store.claim(message.study_id, message.job_id, self.settings.worker_id, self.settings.lease_s, now)
         if record is None:
@@ -423,20 +424,6 @@ class Worker:
             artifacts={**record.artifacts, **result.artifacts},
         )
         return Outcome(OutcomeKind.SUCCEEDED, changes)
-
-
-def longest_lease_s(lease_s: float) -> float:
-    """The longest lease any claim grants: a worker's (`lease_s`) or the reconciler's takeover."""
-    return max(lease_s, TAKEOVER_LEASE_S)
-
-
-def suspicious_lease_s(lease_s: float) -> float:
-    """How far ahead a lease may end before a receiver takes the job back (the module docstring)."""
-    return 2 * longest_lease_s(lease_s)
-
-
-def _lease_suspicious(record: JobRecord, lease_s: float, now: float) -> bool:
-    return record.status is JobStatus.RUNNING and (record.lease_expires_at or now) - now > suspicious_lease_s(lease_s)
 
 
 def _error_kind(exc: Exception) -> OutcomeKind:

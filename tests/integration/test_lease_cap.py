@@ -14,12 +14,13 @@ import pytest
 
 from shared.errors import LeaseLostError
 from shared.ports import Backend
+from shared.reconcile import longest_lease_s, suspicious_lease_s
 from shared.status import JobStatus
 from shared.submission import submit_jobs
 from tests.contract.raw_rows import put_job_row
 from tests.integration.test_worker_protocol import STUDY, FakeTraining, make_jobs, settings_for
 from worker.lease import visibility_margin_s
-from worker.loop import Policy, Worker, longest_lease_s, suspicious_lease_s
+from worker.loop import Policy, Worker
 
 
 def hold_row(backend: Backend, job_id: str, owner: str, expires_at: float) -> None:

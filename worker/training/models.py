@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from shared.errors import PermanentError
 from shared.jobs import Head, ModelSpec
 
 BASE_LAYER = "base"
+MIXED_POLICY = "mixed_float16"
 HEAD_LAYERS = ("head_pool", "head_dense", "head_bn", "head_dropout", "predictions")
 
 
@@ -94,6 +97,25 @@ class InferenceBase(layers.Layer):
         return cls(**config)
 
 
+@contextmanager
+def dtype_policy(mixed: bool) -> Iterator[None]:
+    """Within it, new layers and models take Keras's `mixed_float16` policy when `mixed` (float16
+    compute, float32 weights); `compile` then wraps the optimizer in a LossScaleOptimizer itself
+    (keras/src/trainers/trainer.py, `auto_scale_loss`). The policy is process-global in Keras, so
+    the previous one comes back on the way out: the next job in this worker builds its own.
+    Every classifier's `predictions` layer is float32 whatever the policy: a float16 softmax
+    would round small probabilities and the loss with them (Keras's mixed precision guide)."""
+    if not mixed:
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(MIXED_POLICY)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def build_model(spec: ModelSpec, num_classes: int, weights_path: Path | None = None, seed: int = 0) -> keras.Model:
     """A new, uncompiled classifier for `spec`; `weights_path` is the local copy of a weights file
     when `spec.weights` names one ("imagenet" and None need none). `seed` seeds the head."""
@@ -135,7 +157,7 @@ def benchmark_cnn(image_size: int, num_classes: int) -> keras.Model:
     x = layers.Flatten()(x)
     x = layers.Dense(256, activation="relu")(x)
     x = layers.Dropout(0.5)(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
     return keras.Model(inputs, outputs, name="benchmark")
 
 
@@ -159,7 +181,9 @@ def head(x: Any, spec: Head, num_classes: int, seed: int) -> Any:
     if spec.dropout > 0:
         x = layers.Dropout(spec.dropout, seed=_head_seed(seed, 1), name="head_dropout")(x)
     kernel = keras.initializers.GlorotUniform(seed=_head_seed(seed, 2))
-    return layers.Dense(num_classes, activation="softmax", kernel_initializer=kernel, name="predictions")(x)
+    return layers.Dense(
+        num_classes, activation="softmax", kernel_initializer=kernel, dtype="float32", name="predictions"
+    )(x)
 
 
 def _head_seed(seed: int, layer: int) -> int:
@@ -245,5 +269,18 @@ def count_params(model: keras.Model) -> tuple[int, int]:
 
 
 def load_model(path: Path) -> keras.Model:
-    """Every checkpoint is loaded in safe mode: a checkpoint is data, never code."""
-    return keras.saving.load_model(path, safe_mode=True)
+    """Every checkpoint is loaded in safe mode: a checkpoint is data, never code. One saved under
+    the mixed policy is loaded under it: its layers keep their own policies either way, but
+    only a mixed model recompiles its saved optimizer into the LossScaleOptimizer it was saved
+    as (otherwise Keras skips the optimizer's variables, and a resumed job loses its state)."""
+    with dtype_policy(_saved_mixed(Path(path))):
+        return keras.saving.load_model(path, safe_mode=True)
+
+
+def _saved_mixed(path: Path) -> bool:
+    """Whether a `.keras` file (a zip with config.json) holds layers of the mixed policy."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return f'"{MIXED_POLICY}"' in archive.read("config.json").decode()
+    except (OSError, KeyError, zipfile.BadZipFile, UnicodeDecodeError):
+        return False  # not a .keras file: keras.saving.load_model names the problem

@@ -1,7 +1,8 @@
 """A training session: the model to fit, its inputs and its progress, for a new or resumed job.
 
 Three shapes of session, one training loop:
-- train through the model (benchmark CNN, augmentation, feature cache off): fit the classifier;
+- train through the model (benchmark CNN, augmentation, feature cache off, mixed precision): fit
+  the classifier;
 - train on cached features: fit the head alone on the base's outputs; the complete classifier
   (the entry's base + the best epoch's head) is assembled once, when the job completes
   (train.publish_best);
@@ -30,7 +31,7 @@ from worker.training import data, features
 from worker.job import JobContext
 from worker.training.finetune import unfreeze
 from worker.training.inputs import fetch_weights, load_parent
-from worker.training.models import build_model, count_params, find_base, head_classifier, load_model
+from worker.training.models import build_model, count_params, dtype_policy, find_base, head_classifier, load_model
 from worker.training.optimizers import make_optimizer
 from worker.training.state import CROSS_ENTROPY, Monitor, Progress, StateStore, recorded_metrics, restore_rng_state
 from worker.training.stopping import StopPoller
@@ -92,9 +93,12 @@ def _new_train(
     bases: features.BaseCache,
 ) -> Session:
     spec = ctx.spec
-    if not features.applies(spec):
-        model = build_model(spec.model, len(manifest.classes), fetch_weights(ctx), spec.training.seed)
-        compile_model(model, spec.optimizer)
+    # Mixed precision trains through the model: cached features are float32 base outputs, and
+    # the head alone gains nothing from float16.
+    if spec.training.mixed_precision or not features.applies(spec):
+        with dtype_policy(spec.training.mixed_precision):
+            model = build_model(spec.model, len(manifest.classes), fetch_weights(ctx), spec.training.seed)
+            compile_model(model, spec.optimizer)
         images = _images(ctx, manifest, spec.model.image_size)
         return Session(model, images, labels, train_idx, val_idx, Progress())
     entry = _cache(ctx, bases).get_or_build(
@@ -111,7 +115,7 @@ def _resumed_train(
     ctx: JobContext, manifest: Manifest, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
     progress: Progress, states: StateStore, bases: features.BaseCache,
 ) -> Session:
-    trainer = _load_state_model(states, progress)
+    trainer = _load_state_model(states, progress)  # under the policy it was saved with
     if progress.feature_cache is None:
         images = _images(ctx, manifest, ctx.spec.model.image_size)
         return Session(trainer, images, labels, train_idx, val_idx, progress)
