@@ -233,6 +233,9 @@ class RepairDocument(_Doc):
     sent_unsent: ActionIds = Field(description="jobs whose message was never sent")
     sent_lapsed: ActionIds = Field(description="RUNNING jobs whose worker died, with nothing sent since")
     resent: ActionIds = Field(description="jobs whose message may be gone (a purge, the queue's retention)")
+    sent_suspicious: ActionIds = Field(
+        description="RUNNING jobs holding a lease longer than any claim grants (a broken or hostile writer), sent again"
+    )
     cancelled: ActionIds = Field(description="jobs of cancelled studies cancelled or asked to stop")
     advanced: dict[str, dict[str, int]] = Field(description="study -> follow-up stage started -> jobs created")
     errors: ActionIds = Field(description="one line per study the reconciler could not handle")

@@ -27,6 +27,16 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An embedded backend's home, set (SPOTSWEEP_HOME, SPOTSWEEP_BACKEND=local) for the commands a
+    test runs in this process (typer's CliRunner) and the processes it starts."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("SPOTSWEEP_HOME", str(path))
+    monkeypatch.setenv("SPOTSWEEP_BACKEND", "local")
+    return path
+
+
+@pytest.fixture
 def local_backend(tmp_path: Path) -> Backend:
     return open_local(BackendConfig(home=tmp_path / "home", lease_s=3.0, max_receives=3))
 

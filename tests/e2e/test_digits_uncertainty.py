@@ -37,12 +37,6 @@ pytestmark = pytest.mark.slow  # ~40 s on two cores: 3 trainings and 2 evaluatio
 LEARNING_RATES = (0.003, 0.001, 1e-6)
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("SPOTSWEEP_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("SPOTSWEEP_BACKEND", "local")
-    return tmp_path / "home"
-
 
 def invoke(*args: str) -> str:
     result = CliRunner().invoke(app, list(args), catch_exceptions=False)

@@ -19,13 +19,6 @@ from submitter.cli import app
 EXAMPLE = json.loads((Path(__file__).parents[2] / "examples" / "sweep.json").read_text())
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("SPOTSWEEP_HOME", str(home))
-    monkeypatch.setenv("SPOTSWEEP_BACKEND", "local")
-    return home
-
 
 @pytest.fixture
 def study_id(home, tmp_path, tiny_dataset) -> str:

@@ -125,11 +125,8 @@ def build_study(
 
 
 @pytest.fixture
-def env_home(tmp_path, monkeypatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("SPOTSWEEP_HOME", str(home))
-    monkeypatch.setenv("SPOTSWEEP_BACKEND", "local")
-    return home
+def env_home(home: Path) -> Path:
+    return home  # tests/conftest.py: SPOTSWEEP_HOME and the embedded backend, set for the CLI
 
 
 def invoke(*args: str):

@@ -30,9 +30,6 @@ from worker import predict
 SECRET = "AKIA-THE-LAPTOPS-SECRET"
 
 
-@pytest.fixture
-def home(env_home: Path) -> Path:
-    return env_home  # SPOTSWEEP_HOME and the embedded backend, set for the CLI
 
 
 def secrets(tmp_path: Path) -> dict[str, Path]:

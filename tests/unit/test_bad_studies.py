@@ -88,13 +88,6 @@ EXPECTED_PATH: dict[str, str | None] = {
 }
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    home = tmp_path / "home"
-    monkeypatch.setenv("SPOTSWEEP_HOME", str(home))
-    monkeypatch.setenv("SPOTSWEEP_BACKEND", "local")
-    return home
-
 
 def assert_refused(returncode: int, stderr: str, path: Path) -> None:
     expected = EXPECTED_PATH[path.name]

@@ -14,12 +14,6 @@ from worker.cli import app
 KEY = "weights/mobilenet_v2-32-calibrated.weights.h5"
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("SPOTSWEEP_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("SPOTSWEEP_BACKEND", "local")
-    return tmp_path / "home"
-
 
 def test_calibrate_puts_weights_with_the_datasets_statistics_in_the_store(home: Path, tiny_dataset: Path) -> None:
     import keras
