@@ -134,15 +134,7 @@ def test_function_limits(tf):
 def test_function_environment_is_the_stacks_settings(tf):
     variables = one(_function(tf), "environment")["variables"]
     assert variables == {
-        "SPOTSWEEP_BACKEND": "aws",
-        "SPOTSWEEP_STACK": "${var.stack}",
-        "SPOTSWEEP_REGION": "${var.region}",
-        "SPOTSWEEP_QUEUE_NAME": "${aws_sqs_queue.jobs.name}",
-        "SPOTSWEEP_DLQ_NAME": "${aws_sqs_queue.dlq.name}",
-        "SPOTSWEEP_TABLE_NAME": "${aws_dynamodb_table.jobs.name}",
-        "SPOTSWEEP_BUCKET": "${aws_s3_bucket.artifacts.bucket}",
-        "SPOTSWEEP_LEASE_S": "${var.lease_s}",
-        "SPOTSWEEP_MAX_RECEIVES": "${var.max_receive_count}",
+        **tfmodel.STACK_SETTINGS,
         "SPOTSWEEP_RECONCILE_INTERVAL_S": "${var.reconcile_interval_minutes * 60}",
     }
     source = (tfmodel.REPO / "submitter" / "reconciler_lambda.py").read_text(encoding="utf-8")

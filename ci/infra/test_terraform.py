@@ -549,17 +549,7 @@ def test_outputs(tf):
 def test_env_exports_is_one_export_line_with_every_setting(tf):
     value = expr(tf.outputs["env_exports"]["value"])
     assert value.startswith('join(" ", ["export", ')
-    for key, ref in {
-        "SPOTSWEEP_BACKEND": "aws",
-        "SPOTSWEEP_STACK": "${var.stack}",
-        "SPOTSWEEP_REGION": "${var.region}",
-        "SPOTSWEEP_QUEUE_NAME": "${aws_sqs_queue.jobs.name}",
-        "SPOTSWEEP_DLQ_NAME": "${aws_sqs_queue.dlq.name}",
-        "SPOTSWEEP_TABLE_NAME": "${aws_dynamodb_table.jobs.name}",
-        "SPOTSWEEP_BUCKET": "${aws_s3_bucket.artifacts.bucket}",
-        "SPOTSWEEP_LEASE_S": "${var.lease_s}",
-        "SPOTSWEEP_MAX_RECEIVES": "${var.max_receive_count}",
-    }.items():
+    for key, ref in tfmodel.STACK_SETTINGS.items():
         assert f'"{key}={ref}"' in value, key
 
 

@@ -142,3 +142,18 @@ def eval_simple(expression: str, names: dict[str, Any]) -> Any:
 
 # The renderer lives apart (no python-hcl2) so that tests/ can use it too.
 from tftemplate import PLACEHOLDER, render_template, template_placeholders  # noqa: E402,F401
+
+
+# Every process of the stack reads these settings from its environment (SPOTSWEEP_*): the
+# submitter's `env_exports` output and the reconciler function both set exactly these.
+STACK_SETTINGS = {
+    "SPOTSWEEP_BACKEND": "aws",
+    "SPOTSWEEP_STACK": "${var.stack}",
+    "SPOTSWEEP_REGION": "${var.region}",
+    "SPOTSWEEP_QUEUE_NAME": "${aws_sqs_queue.jobs.name}",
+    "SPOTSWEEP_DLQ_NAME": "${aws_sqs_queue.dlq.name}",
+    "SPOTSWEEP_TABLE_NAME": "${aws_dynamodb_table.jobs.name}",
+    "SPOTSWEEP_BUCKET": "${aws_s3_bucket.artifacts.bucket}",
+    "SPOTSWEEP_LEASE_S": "${var.lease_s}",
+    "SPOTSWEEP_MAX_RECEIVES": "${var.max_receive_count}",
+}
