@@ -20,10 +20,12 @@ from shared.jobs import EarlyStopping, JobRecord, JobSpec, first_error, job_id_f
 from shared.optimizers import OptimizerSpec, Sgd
 from shared.ports import JobQueue, JobStore
 from shared.ranking import TRAINED_KINDS, top_succeeded
+from shared.search import next_jobs, search_complete, windowed
 from shared.study import FinetuneFollowUp, StudySpec
 from shared.submission import SubmitReport, submit_jobs
 
 FINETUNE_OPTIMIZER = Sgd(learning_rate=1e-4, momentum=0.9)
+SEARCH_STAGE = "search"  # a windowed search (shared.search) has nothing more to enqueue
 CANCELLED_STAGE = "cancelled"  # `submit cancel` marks the study: no follow-up starts after it
 
 
@@ -120,15 +122,25 @@ def advance_study(store: JobStore, queue: JobQueue, study_id: str) -> dict[str, 
     them, the stage is not marked, and the next call creates nothing new, sends what was never
     sent and marks it. A cancelled study (`CANCELLED_STAGE`) advances no further.
 
+    A study whose search keeps a window (shared.search) first tops it up ("search": the jobs
+    created), and starts its follow-ups only once the search is complete.
+
     Returns:
-        For each stage this call started ("finetune", "evaluate"), the number of jobs it created
-        and enqueued: 0 when no model qualified (say, every training job failed).
+        For each stage this call started ("search", "finetune", "evaluate"), the number of jobs
+        it created and enqueued: 0 when no model qualified (say, every training job failed).
     """
     study = store.get_study(study_id)
     if study is None or CANCELLED_STAGE in study.stages:
         return {}
     spec = StudySpec.model_validate(study.spec)
     started: dict[str, int] = {}
+    if windowed(spec) and SEARCH_STAGE not in study.stages:
+        searched = advance_search(store, queue, spec)
+        if searched.created:
+            started["search"] = searched.created
+        if not search_complete(spec, store.list_jobs(study_id)):
+            return started  # the follow-ups wait for the search's last trial
+        store.mark_stage(study_id, SEARCH_STAGE)  # final: no trial or budget comes back; later calls skip it
     finetune_due = spec.finetune is not None and "finetune" not in study.stages
     if not finetune_due and (spec.evaluate is None or "evaluate" in study.stages):
         return started  # nothing left to start: no need to read the jobs
@@ -143,6 +155,12 @@ def advance_study(store: JobStore, queue: JobQueue, study_id: str) -> dict[str, 
         if store.mark_stage(study_id, "evaluate"):
             started["evaluate"] = report.created
     return started
+
+
+def advance_search(store: JobStore, queue: JobQueue, spec: StudySpec) -> SubmitReport:
+    """Create and enqueue what the study's search wants next (shared.search.next_jobs): new
+    trials, ASHA promotions, the next jobs of a window. Racing callers create each once."""
+    return submit_jobs(store, queue, spec.study_id, next_jobs(spec, store.list_jobs(spec.study_id)))
 
 
 def enqueue_followups(store: JobStore, queue: JobQueue, study_id: str, specs: Sequence[JobSpec]) -> SubmitReport:

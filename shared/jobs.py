@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from shared import SCHEMA_VERSION
 from shared.architectures import ARCHITECTURES
 from shared.errors import BadInputError
-from shared.limits import MAX_LOCATION_CHARS, BatchSize, Epochs, HeadUnits, ImageSize, JobSeed, Location, Patience, RepeatIndex, UnfreezeFrom
+from shared.limits import GRID_CAP, MAX_LOCATION_CHARS, MAX_NAME_CHARS, BatchSize, Epochs, HeadUnits, ImageSize, JobSeed, Location, Patience, RepeatIndex, UnfreezeFrom
 from shared.optimizers import OPTIMIZER_NAMES, OptimizerSpec, Sgd
 from shared.paths import check_id, check_location
 from shared.status import JobStatus
@@ -122,6 +122,20 @@ class TrainingSpec(_Frozen):
     mixed_precision: bool = False  # Keras's mixed_float16 policy (worker/training/models.py)
 
 
+MAX_TRIAL_PARAMS = 256  # a search space's dimensions (shared.space): each axis and each optimizer parameter
+MAX_RUNGS = 64  # ASHA: rungs r * eta**i up to MAX_EPOCHS need at most log2(MAX_EPOCHS) + 2 of them
+
+
+class Trial(_Frozen):
+    """Where a job stands in an adaptive or sampled search (shared.search): trial `index` of the
+    study, at `rung` (ASHA; 0 otherwise), with the point of the search space it trains (`params`,
+    by dimension name, categorical choices as indices: what a sampler is told about it)."""
+
+    index: int = Field(ge=0, lt=GRID_CAP)
+    rung: int = Field(0, ge=0, lt=MAX_RUNGS)
+    params: dict[Annotated[str, Field(max_length=MAX_NAME_CHARS)], float] = Field({}, max_length=MAX_TRIAL_PARAMS)
+
+
 class JobSpec(_Frozen):
     kind: JobKind = "train"
     dataset: Location
@@ -132,6 +146,7 @@ class JobSpec(_Frozen):
     parent_job_id: JobId | None = None
     unfreeze_from: UnfreezeFrom = None  # finetune only: layer index, negative index or name
     repeat: RepeatIndex = 0
+    trial: Trial | None = None  # a search's trial (shared.search); None: a grid or list-sampled job
 
     def canonical_json(self) -> str:
         data = self.model_dump(mode="json", exclude=self._defaults_left_out())
@@ -144,8 +159,11 @@ class JobSpec(_Frozen):
         return short_hash(json.dumps(data, sort_keys=True))
 
     def _defaults_left_out(self) -> dict[str, Any]:
-        # `training.mixed_precision` off is left out: a job written before the field keeps its id.
-        return {} if self.training.mixed_precision else {"training": {"mixed_precision": True}}
+        # Fields at their defaults are left out: a job written before the field keeps its id.
+        left_out: dict[str, Any] = {} if self.training.mixed_precision else {"training": {"mixed_precision": True}}
+        if self.trial is None:
+            left_out["trial"] = True
+        return left_out
 
 
 def short_hash(text: str, length: int = 12) -> str:
@@ -206,7 +224,7 @@ def parse_message(body: str | bytes) -> JobMessage:
 
 # The discriminated unions' tag fields and their values: pydantic puts the value in error locations
 # (the user never wrote it as a key) and reports a bad one without the choices the user has.
-SEARCH_METHODS = ("grid", "random")  # shared.study's GridSearch and RandomSearch
+SEARCH_METHODS = ("grid", "random", "sobol", "tpe", "asha")  # shared.study's search models
 DISCRIMINATORS: dict[str, tuple[str, tuple[str, ...]]] = {
     "name": ("optimizer", OPTIMIZER_NAMES),
     "method": ("method", SEARCH_METHODS),

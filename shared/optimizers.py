@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
+from shared.space import listify, swept
+
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 Fraction = Annotated[float, Field(ge=0, lt=1)]
@@ -129,19 +131,16 @@ def with_defaults(optimizer: BaseModel, defaults: OptimizerDefaults) -> BaseMode
     return optimizer.model_copy(update=unset)
 
 
-def _as_list(value: Any) -> Any:
-    return value if isinstance(value, list) else [value]
-
-
 def _grid_model(cls: type[_Optimizer]) -> type[BaseModel]:
-    """The study-file form of an optimizer: every parameter may be a value or a list of values."""
+    """The study-file form of an optimizer: every parameter may be a value, a list of values or
+    (a number) a distribution (shared.space)."""
     fields: dict[str, Any] = {"name": (cls.model_fields["name"].annotation, cls.model_fields["name"].default)}
     for field_name, info in cls.model_fields.items():
         if field_name == "name":
             continue
         element = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
-        fields[field_name] = (list[element], Field(default=[info.default], min_length=1))
-    validators = {"_listify": field_validator(*[f for f in fields if f != "name"], mode="before")(_as_list)}
+        fields[field_name] = (swept(element), Field(default=[info.default]))
+    validators = {"_listify": field_validator(*[f for f in fields if f != "name"], mode="before")(listify)}
     return create_model(  # type: ignore[call-overload]
         f"{cls.__name__}Grid", __config__=ConfigDict(extra="forbid", frozen=True), __validators__=validators, **fields
     )

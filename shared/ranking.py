@@ -57,10 +57,21 @@ def scored_repeats(members: Sequence[JobRecord], metric: str) -> list[tuple[floa
     return succeeded or scored
 
 
+def latest_rungs(records: Iterable[JobRecord]) -> list[JobRecord]:
+    """`records` without the ASHA rung jobs that a later rung of their trial superseded (it
+    SUCCEEDED, resuming them): one job speaks for each trial, the furthest it got. A trial
+    stopped at a rung is ranked by that rung's score."""
+    records = list(records)
+    done = {(r.study_id, r.spec.trial.index, r.spec.trial.rung, r.spec.repeat) for r in records
+            if r.spec.trial is not None and r.kind == "train" and r.status == JobStatus.SUCCEEDED}
+    return [r for r in records if r.spec.trial is None or r.kind != "train"
+            or (r.study_id, r.spec.trial.index, r.spec.trial.rung + 1, r.spec.repeat) not in done]
+
+
 def rank(records: Iterable[JobRecord], metric: str = "val_accuracy", kind: str | None = None) -> list[Ranked]:
     """Configurations best first by the mean of `metric` over their repeats; unscored ones last."""
     groups: dict[tuple[str, str], list[JobRecord]] = defaultdict(list)
-    for record in records:
+    for record in latest_rungs(records):
         if kind is None or record.kind == kind:
             groups[(record.kind, record.spec.config_key())].append(record)
     ranked = [_summarise(group, metric) for group in groups.values()]

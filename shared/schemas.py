@@ -55,6 +55,42 @@ class FailedJob(_Doc):
     )
 
 
+class RungCounts(_Doc):
+    """One ASHA rung: its jobs by state, and how many of its finished trials went on to the next."""
+
+    epochs: int = Field(description="the rung's cumulative epochs")
+    finished: int = Field(description="trials whose job at this rung succeeded")
+    running: int
+    queued: int
+    promoted: int = Field(description="trials promoted from this rung to the next")
+
+
+class BudgetUse(_Doc):
+    """A budget's limits beside what is spent: each as [used, limit], the limit null where the
+    budget sets none. Once one is reached no job is enqueued; running jobs finish."""
+
+    jobs: tuple[float, float | None] = Field(description="training jobs created")
+    gpu_hours: tuple[float, float | None]
+    usd: tuple[float, float | None]
+    reached: bool
+
+
+class SearchStatus(_Doc):
+    """A search's progress (shared.search.summary): trials by where they stand."""
+
+    method: str = Field(description="grid, random, sobol, tpe or asha")
+    count: int = Field(description="trials planned in total")
+    created: int = Field(description="trials with a job record")
+    done: int = Field(description="trials finished (at their last rung, for ASHA)")
+    running: int
+    queued: int
+    planned: int = Field(description="trials not created yet: count - created")
+    complete: bool = Field(description="no job will be enqueued any more (every trial decided, or the budget reached)")
+    epochs_trained: int = Field(description="epochs trained so far (a promotion's resumed epochs counted once)")
+    budget: BudgetUse | None = Field(description="null: the study has no budget")
+    rungs: list[RungCounts] = Field(description="ASHA's rungs, lowest first; empty for other methods")
+
+
 class StatusDocument(_Doc):
     """`submit status --format json`."""
 
@@ -73,6 +109,7 @@ class StatusDocument(_Doc):
     )
     running: list[RunningJob]
     failed: list[FailedJob] = Field(default_factory=list, description="the FAILED jobs with their reason")
+    search: SearchStatus | None = Field(None, description="a sampled or adaptive search, or a budget: its trials")
     rows: list[RunningJob] = Field(description="the running jobs again, as table rows")
 
 
@@ -87,6 +124,12 @@ class LeaderboardRow(_Doc):
     job_id: str
     kind: str
     status: str
+    trial: int | None = Field(description="the search's trial number; null: a grid's job or a follow-up")
+    rung: int | None = Field(description="the rung the row's job reached (ASHA; 0 for other searches)")
+    rung_epochs: int | None = Field(description="that rung's cumulative epochs")
+    stopped_early: bool | None = Field(
+        description="ASHA stopped the trial at this rung: it ranks by this rung's score"
+    )
     architecture: str
     weights: str
     optimizer: str
@@ -254,6 +297,24 @@ class SubmitDocument(_Doc):
     warnings: list[str] = Field([], description="one line per way the study can only produce noise")
 
 
+class SearchPlan(_Doc):
+    """An adaptive search's or a budget's dry run: what is decided now, what later, and the most
+    it can cost (running jobs still finish past a budget's cap)."""
+
+    method: str
+    trials: int = Field(description="trials the search may run in all")
+    jobs: int = Field(description="the most jobs it may create (ASHA: every promotion counted)")
+    epochs: int = Field(description="the most epochs it may train (shared.search.upper_bound)")
+    initial_jobs: int = Field(description="jobs enqueued at submission (the `jobs` listed)")
+    trials_decided_later: int = Field(description="trials proposed only as results arrive")
+    jobs_decided_later: int = Field(description="jobs created only as results arrive (later trials, promotions)")
+    gpu_hours: float | None = Field(description="epochs x seconds per epoch observed in earlier studies; null: none")
+    usd: float | None = Field(description="gpu_hours x the price per hour; null: either unknown")
+    budget: dict[str, float | None] | None = Field(description="the study's budget: jobs, gpu_hours, usd")
+    gpu_hours_bound: float | None = Field(description="the smallest of the estimate and the budget's caps")
+    usd_bound: float | None = Field(description="the smallest of the estimate and the budget's caps")
+
+
 class DryRunDocument(_Doc):
     """`submit study FILE --dry-run --format json`."""
 
@@ -264,6 +325,7 @@ class DryRunDocument(_Doc):
     dry_run: bool
     jobs: list[dict[str, Any]]
     warnings: list[str] = Field([], description="one line per way the study can only produce noise")
+    search: SearchPlan | None = Field(None, description="adaptive searches (tpe, asha) and budgets: the upper bound")
 
 
 class EvaluationRow(_Doc):

@@ -29,13 +29,15 @@ from shared.jobs import (
     JobSpec,
     ModelSpec,
     TrainingSpec,
+    Trial,
     WeightsRef,
     first_error,
     job_id_for,
     short_hash,
 )
-from shared.limits import GRID_CAP, BatchSize, Epochs, ImageSize, Location, Repeats, StudySeed, Top, UnfreezeFrom
+from shared.limits import GRID_CAP, BatchSize, Epochs, HeadUnits, ImageSize, Location, Repeats, StudySeed, Top, UnfreezeFrom
 from shared.optimizers import CONCRETE_CLASSES, GRID_CLASSES, OptimizerDefaults, OptimizerGrid, OptimizerSpec, Sgd, with_defaults
+from shared.space import DISTRIBUTION_FIELDS, Dimension, Distribution, listify, swept
 from shared.untrusted import load_json
 
 STUDY_SCHEMA_VERSION = 1
@@ -48,15 +50,22 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+MAX_PARALLEL = 10_000  # trials in flight at once: the fleet's size, at most
+Parallel = Annotated[int, Field(ge=1, le=MAX_PARALLEL)]
+Count = Annotated[int, Field(ge=1, le=GRID_CAP)]
+
+
 class GridSearch(_Strict):
     method: Literal["grid"] = "grid"
+    parallel: Parallel | None = None  # jobs in flight at once (shared.search); None: all of them
 
 
 class RandomSearch(_Strict):
     method: Literal["random"]
     fraction: float | None = Field(None, gt=0, le=1)
-    count: int | None = Field(None, ge=1, le=GRID_CAP)
+    count: Count | None = None
     seed: StudySeed = 0
+    parallel: Parallel | None = None
 
     @model_validator(mode="after")
     def _one_size(self) -> RandomSearch:
@@ -70,11 +79,62 @@ class RandomSearch(_Strict):
         return max(1, math.floor(self.fraction * grid_size + 1e-9))  # type: ignore[operator]
 
 
-Search = Annotated[Union[GridSearch, RandomSearch], Field(discriminator="method")]
+class SobolSearch(_Strict):
+    """Quasi-random: a scrambled Sobol sequence (scipy.stats.qmc) over the space's unit cube."""
+
+    method: Literal["sobol"]
+    count: Count
+    seed: StudySeed = 0
+    parallel: Parallel | None = None
 
 
-def _listify(value: Any) -> Any:
-    return value if isinstance(value, list) or value is None else [value]
+class TpeSearch(_Strict):
+    """Bayesian: Optuna's TPE sampler proposes each trial from the finished ones (shared.search);
+    the first `startup` trials are drawn at random."""
+
+    method: Literal["tpe"]
+    count: Count
+    seed: StudySeed = 0
+    startup: int = Field(8, ge=1, le=GRID_CAP)
+    parallel: Parallel = 4  # proposals made before their predecessors' results: fewer learn more
+
+
+class AshaSearch(_Strict):
+    """Asynchronous successive halving over `count` randomly drawn trials: rungs at `min_epochs`
+    * `reduction_factor`**i epochs up to `training.epochs`; the top 1/eta of a rung go on."""
+
+    method: Literal["asha"]
+    count: Count
+    seed: StudySeed = 0
+    min_epochs: Epochs = 1
+    reduction_factor: int = Field(3, ge=2, le=100)
+    parallel: Parallel = 4
+
+
+SAMPLED_METHODS = ("sobol", "tpe", "asha")  # always trials (random too, over distributions)
+ADAPTIVE_METHODS = ("tpe", "asha")  # decide as results arrive
+Search = Annotated[
+    Union[GridSearch, RandomSearch, SobolSearch, TpeSearch, AshaSearch], Field(discriminator="method")
+]
+
+
+class Budget(_Strict):
+    """When to stop enqueuing: no new job once one of these is reached (running jobs finish)."""
+
+    jobs: Count | None = None
+    gpu_hours: float | None = Field(None, gt=0, le=1e6)
+    usd: float | None = Field(None, gt=0, le=1e9)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> Budget:
+        if self.jobs is None and self.gpu_hours is None and self.usd is None:
+            raise ValueError("give at least one of jobs, gpu_hours, usd")
+        return self
+
+
+_listify = listify
+Fraction = Annotated[float, Field(gt=0, le=1)]
+Dropout = Annotated[float, Field(ge=0, lt=1)]
 
 
 class Parameters(_Strict):
@@ -82,15 +142,26 @@ class Parameters(_Strict):
 
     architecture: list[ArchitectureName] = Field(min_length=1)
     weights: list[WeightsRef] = Field(["imagenet"], min_length=1)
-    image_size: list[ImageSize] | None = Field(None, min_length=1)
+    image_size: swept(ImageSize) | None = None  # type: ignore[valid-type]
     optimizer: list[OptimizerGrid] = Field(  # type: ignore[valid-type]
         default_factory=lambda: [GRID_CLASSES["adam"]()], min_length=1, max_length=MAX_OPTIMIZER_ENTRIES
     )
-    batch_size: list[BatchSize] = Field([32], min_length=1)
-    data_fraction: list[Annotated[float, Field(gt=0, le=1)]] = Field([1.0], min_length=1)
+    batch_size: swept(BatchSize) = [32]  # type: ignore[valid-type]
+    data_fraction: swept(Fraction) = [1.0]  # type: ignore[valid-type]
     augmentation: list[bool | Augmentation] = Field([False], min_length=1)
 
     _listify_all = field_validator("*", mode="before")(_listify)
+
+
+class StudyHead(_Strict):
+    """The head, as the study file gives it: `units` and `dropout` may be swept (a list or a
+    distribution), the rest is fixed. A fixed value is kept as it was written (the study id)."""
+
+    pooling: Literal["flatten", "avg"] = "avg"
+    units: swept(HeadUnits, fixed=True) = 1024  # type: ignore[valid-type]
+    dropout: swept(Dropout, fixed=True) = 0.0  # type: ignore[valid-type]
+    kernel_l2: float = Field(0.01, ge=0)
+    activity_l1: float = Field(0.01, ge=0)
 
 
 class Training(_Strict):
@@ -125,10 +196,11 @@ class StudySpec(_Strict):
     search: Search = GridSearch()
     parameters: Parameters
     training: Training = Training()
-    head: Head = Head()
+    head: StudyHead = StudyHead()
     finetune: FinetuneFollowUp | None = None
     evaluate: EvaluateFollowUp | None = None
     max_jobs: int = Field(10_000, ge=1, le=GRID_CAP)
+    budget: Budget | None = None
     # Whose defaults fill the optimizer parameters that `parameters.optimizer` leaves out:
     # Keras 3's, or Keras 2's ("keras2", shared.optimizers.KERAS2_DEFAULTS) to replay an old study.
     optimizer_defaults: OptimizerDefaults = "keras3"
@@ -142,7 +214,7 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _sizes_fit_architectures(self) -> StudySpec:
-        sizes = self.parameters.image_size or [self.image_size]
+        sizes = _values(self.parameters.image_size) if self.parameters.image_size else [self.image_size]
         for index, name in enumerate(self.parameters.architecture):
             for size in sizes:
                 for weights in self.parameters.weights:
@@ -165,10 +237,20 @@ class StudySpec(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _search_fits_space(self) -> StudySpec:
+        problem = search_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
     def _grid_under_cap(self) -> StudySpec:
-        total = grid_size(self) * self.training.repeats
-        if isinstance(self.search, RandomSearch):
+        if is_sampled(self):
+            total = self.search.count * self.training.repeats  # type: ignore[union-attr]
+        elif isinstance(self.search, RandomSearch):
             total = self.search.size(grid_size(self)) * self.training.repeats
+        else:
+            total = grid_size(self) * self.training.repeats
         if total > self.max_jobs:
             raise ValueError(f"parameters: the study expands to {total} jobs, above max_jobs {self.max_jobs}")
         return self
@@ -187,6 +269,10 @@ class StudySpec(_Strict):
             exclude["optimizer_defaults"] = True
         if not self.training.mixed_precision:
             exclude["training"] = {"mixed_precision": True}
+        if self.budget is None:
+            exclude["budget"] = True
+        if getattr(self.search, "parallel", 0) is None:
+            exclude["search"] = {"parallel": True}
         data = self.model_dump(mode="json", exclude=exclude or None)
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
@@ -239,8 +325,11 @@ def parse_study(data: str | bytes, source: str = "study") -> StudySpec:
         return StudySpec.model_validate(document)
     except ValidationError as exc:
         message, path = first_error(exc)
-        if not path and message.startswith("parameters") and ": " in message:  # our validators name their path
-            path, message = message.split(": ", 1)
+        if not path and message.startswith(("parameters", "training", "search")) and ": " in message:
+            path, message = message.split(": ", 1)  # our validators name their path
+        if message.split(": ", 1)[0] in DISTRIBUTION_FIELDS + ("distribution",):
+            field, message = message.split(": ", 1)  # a distribution's bound names itself
+            path = f"{path}.{field}" if path else field
         raise BadInputError(_with_suggestion(message, path), path or source) from None
 
 
@@ -262,13 +351,16 @@ def _field_homes() -> dict[str, list[str]]:
     """Every field of the study file, with the blocks that have it."""
     blocks: dict[str, type[BaseModel]] = {
         "the top level": StudySpec, "parameters": Parameters, "training": Training, "finetune": FinetuneFollowUp,
-        "evaluate": EvaluateFollowUp, "search": RandomSearch, "head": Head, "early_stopping": EarlyStopping,
+        "evaluate": EvaluateFollowUp, "search": RandomSearch, "search ": TpeSearch, "search  ": AshaSearch,
+        "head": StudyHead, "budget": Budget, "a distribution": Distribution, "early_stopping": EarlyStopping,
         "augmentation": Augmentation, **CONCRETE_CLASSES,
     }
     homes: dict[str, list[str]] = {}
     for block, model in blocks.items():
         for name in model.model_fields:
-            homes.setdefault(name, []).append(block)
+            names = homes.setdefault(name, [])
+            if block.strip() not in names:
+                names.append(block.strip())
     return homes
 
 
@@ -295,7 +387,8 @@ def _optimizer_overlap(entries: Sequence[Any]) -> tuple[int, int, str, str] | No
     """(later index, earlier index, name, "k=v, ...") of the first two optimizer grid entries that
     give one configuration, or None. Two entries overlap when every parameter's lists share a
     value; with at most MAX_OPTIMIZER_ENTRIES entries, comparing each pair (as sets) stays cheap."""
-    choices = [(entry.name, {k: set(v) for k, v in entry.model_dump(exclude={"name"}).items()}) for entry in entries]
+    listed = [entry for entry in entries if not _swept_by_distribution(entry)]  # a sampled search: no grid to count
+    choices = [(entry.name, {k: set(v) for k, v in entry.model_dump(exclude={"name"}).items()}) for entry in listed]
     for later, (name, fields) in enumerate(choices):
         for earlier, (other_name, other) in enumerate(choices[:later]):
             if name == other_name and all(not fields[k].isdisjoint(other[k]) for k in fields):
@@ -307,6 +400,10 @@ def optimizer_entries(spec: StudySpec) -> list[Any]:
     """`parameters.optimizer` with the study's `optimizer_defaults` in every parameter an entry
     leaves out: what the grid sweeps, so that each job spec carries the values it trains with."""
     return [with_defaults(entry, spec.optimizer_defaults) for entry in spec.parameters.optimizer]
+
+
+def _swept_by_distribution(entry: Any) -> bool:
+    return any(isinstance(value, Distribution) for value in dict(entry).values())
 
 
 def _optimizer_points(spec: StudySpec) -> list[list[Any]]:
@@ -336,11 +433,11 @@ def _digits(axes: Sequence[Sequence[Any]], index: int) -> list[Any]:
 class _Grid:
     """A study's distinct grid points: per architecture (in the study's order), its weights times
     the other axes. A point is [architecture, weights, image size, optimizer index, batch size,
-    data fraction, augmentation]."""
+    data fraction, augmentation, head units, head dropout]."""
 
     architectures: list[str]
     weights: list[str | None]
-    others: list[Sequence[Any]]  # image size, optimizer index (a range), batch size, data fraction, augmentation
+    others: list[Sequence[Any]]  # image size, optimizer index (a range), batch size, data fraction, augmentation, head
 
     def weights_of(self, architecture: str) -> list[str | None]:
         return [None] if ARCHITECTURES[architecture].is_benchmark else self.weights
@@ -371,6 +468,8 @@ def _grid(spec: StudySpec) -> _Grid:
             _unique(params.batch_size),
             _unique(params.data_fraction),
             _unique(_augmentation(value) for value in params.augmentation),
+            _unique(_values(spec.head.units)),  # head axes last: a study without them keeps its order
+            _unique(_values(spec.head.dropout)),
         ],
     )
 
@@ -380,8 +479,9 @@ def grid_size(spec: StudySpec) -> int:
     return _grid(spec).size
 
 
-def _nth_optimizer(spec: StudySpec, index: int) -> OptimizerSpec:
-    for entry in _optimizer_points(spec):
+def _nth_optimizer(spec: StudySpec, index: int) -> tuple[int, OptimizerSpec]:
+    """The grid's optimizer `index`: (its entry's index in `parameters.optimizer`, the optimizer)."""
+    for number, entry in enumerate(_optimizer_points(spec)):
         axes = entry[1:]
         count = math.prod(len(axis) for axis in axes)
         if index < count:
@@ -389,7 +489,7 @@ def _nth_optimizer(spec: StudySpec, index: int) -> OptimizerSpec:
             for axis in reversed(axes):  # mixed-radix digits, last axis fastest
                 index, digit = divmod(index, len(axis))
                 params.update(axis[digit])
-            return CONCRETE_CLASSES[params["name"]](**params)
+            return number, CONCRETE_CLASSES[params["name"]](**params)
         index -= count
     raise IndexError(index)
 
@@ -403,6 +503,9 @@ def selected_points(spec: StudySpec) -> list[int]:
 
 
 def job_count(spec: StudySpec) -> int:
+    """The jobs the study plans (an ASHA study's promotions come on top, shared.search.upper_bound)."""
+    if is_sampled(spec):
+        return spec.search.count * spec.training.repeats  # type: ignore[union-attr]
     return len(selected_points(spec)) * spec.training.repeats
 
 
@@ -414,34 +517,163 @@ def _augmentation(value: bool | Augmentation) -> Augmentation | None:
     return value  # type: ignore[return-value]
 
 
-def _train_spec(spec: StudySpec, point: list[Any], repeat: int) -> JobSpec:
-    architecture, weights, image_size, optimizer_index, batch_size, data_fraction, augmentation = point
+@dataclass(frozen=True)
+class Choice:
+    """One configuration of the study's space: what one training job (per repeat) trains."""
+
+    architecture: str
+    weights: str | None
+    image_size: int
+    optimizer: OptimizerSpec
+    batch_size: int
+    data_fraction: float
+    augmentation: Augmentation | None
+    units: int
+    dropout: float
+
+
+def _grid_choice(spec: StudySpec, point: list[Any]) -> Choice:
+    architecture, weights, image_size, optimizer_index, batch_size, data_fraction, augmentation, units, dropout = point
+    optimizer = _nth_optimizer(spec, optimizer_index)[1]
+    return Choice(architecture, weights, image_size, optimizer, batch_size, data_fraction, augmentation, units, dropout)
+
+
+def train_spec(spec: StudySpec, choice: Choice, repeat: int, trial: Trial | None = None) -> JobSpec:
+    """The training job of `choice`'s `repeat` (of search trial `trial`, if it is one)."""
+    head = Head(**{**spec.head.model_dump(), "units": choice.units, "dropout": choice.dropout})
     return JobSpec(
         kind="train",
         dataset=spec.dataset,
         validation_split=spec.validation_split,
-        model=ModelSpec(architecture=architecture, weights=weights, image_size=image_size, head=spec.head),
-        optimizer=_nth_optimizer(spec, optimizer_index),
+        model=ModelSpec(architecture=choice.architecture, weights=choice.weights, image_size=choice.image_size, head=head),
+        optimizer=choice.optimizer,
         training=TrainingSpec(
-            batch_size=batch_size,
+            batch_size=choice.batch_size,
             epochs=spec.training.epochs,
-            data_fraction=data_fraction,
+            data_fraction=choice.data_fraction,
             early_stopping=spec.training.early_stopping,
-            augmentation=augmentation,
+            augmentation=choice.augmentation,
             seed=spec.seed + repeat,
             feature_cache=spec.training.feature_cache,
             mixed_precision=spec.training.mixed_precision,
         ),
         repeat=repeat,
+        trial=trial,
     )
 
 
 def expand(spec: StudySpec) -> Iterator[tuple[str, JobSpec]]:
-    """Yield (job_id, JobSpec) for every training job of the study, lazily, in grid order."""
+    """Yield (job_id, JobSpec) for every training job of a grid or list-sampled study, lazily, in
+    grid order (a sampled search's trials come from shared.search)."""
     grid = _grid(spec)
     study_id = spec.study_id
     for index in selected_points(spec):
-        point = grid.point(index)
+        choice = _grid_choice(spec, grid.point(index))
         for repeat in range(spec.training.repeats):
-            job = _train_spec(spec, point, repeat)
+            job = train_spec(spec, choice, repeat)
             yield job_id_for(study_id, job), job
+
+
+# --- the space of a sampled search -----------------------------------------------------------
+#
+# A sampled search (random over distributions, sobol, tpe, asha) draws trials from the space's
+# dimensions; a trial's `params` hold, per dimension, the index of its choice or its value. Over
+# a space of lists only, trials are distinct grid points instead (a seeded permutation of them),
+# so that `count` equal to the grid's size tries every configuration once.
+
+
+def _values(value: Any) -> list[Any]:
+    """A fixed value, a list or (for its bounds) a distribution, as a list of values."""
+    if isinstance(value, Distribution):
+        return [value.low, value.high]
+    return value if isinstance(value, list) else [value]
+
+
+def _swept_fields(spec: StudySpec) -> dict[str, Any]:
+    """Every sweepable field of the study by JSON path, with its list or distribution."""
+    params = spec.parameters
+    fields: dict[str, Any] = {
+        "parameters.image_size": params.image_size, "parameters.batch_size": params.batch_size,
+        "parameters.data_fraction": params.data_fraction, "head.units": spec.head.units, "head.dropout": spec.head.dropout,
+    }
+    for index, entry in enumerate(optimizer_entries(spec)):  # with the study's optimizer_defaults
+        fields.update({f"parameters.optimizer[{index}].{k}": v for k, v in dict(entry).items() if k != "name"})
+    return fields
+
+
+def distribution_paths(spec: StudySpec) -> list[str]:
+    return [path for path, value in _swept_fields(spec).items() if isinstance(value, Distribution)]
+
+
+def is_sampled(spec: StudySpec) -> bool:
+    """Whether the study's jobs are search trials (shared.search) rather than grid points."""
+    return spec.search.method in SAMPLED_METHODS or (spec.search.method == "random" and bool(distribution_paths(spec)))
+
+
+def search_problem(spec: StudySpec) -> str | None:
+    """Why the search cannot run over this space ("path: reason"), or None."""
+    paths = distribution_paths(spec)
+    search = spec.search
+    if paths and (isinstance(search, GridSearch) or (isinstance(search, RandomSearch) and search.count is None)):
+        how = "a grid" if isinstance(search, GridSearch) else "random search by fraction (of a grid)"
+        return f"{paths[0]}: {how} cannot sweep a distribution: use search.method random (with count), sobol, tpe or asha"
+    if search.method in ADAPTIVE_METHODS and spec.training.repeats > 1:
+        return f"training.repeats: {search.method} runs each trial once (use repeats 1)"
+    if isinstance(search, AshaSearch) and search.min_epochs >= spec.training.epochs:
+        return f"search.min_epochs: {search.min_epochs} leaves no rung below training.epochs ({spec.training.epochs})"
+    return None
+
+
+def dimensions(spec: StudySpec) -> list[Dimension]:
+    """The space a sampled search draws from, in a fixed order (the trial params' names)."""
+    params = spec.parameters
+    dims = [Dimension("architecture", _unique(params.architecture)), Dimension("weights", _unique(params.weights))]
+    fields = _swept_fields(spec)
+    fields["parameters.image_size"] = params.image_size or [spec.image_size]
+    dims.append(Dimension("optimizer", list(range(len(params.optimizer)))))
+    dims.append(Dimension("augmentation", _unique(_augmentation(value) for value in params.augmentation)))
+    for path, value in fields.items():
+        name = path.removeprefix("parameters.")
+        if isinstance(value, Distribution):
+            dims.append(Dimension(name, distribution=value))
+        else:
+            dims.append(Dimension(name, _unique(_values(value))))
+    return dims
+
+
+def choice_of(spec: StudySpec, params: dict[str, float]) -> Choice:
+    """The configuration a trial's params stand for (inactive optimizer entries' params ignored)."""
+    values = {dim.name: dim.decode(params.get(dim.name, 0.0)) for dim in dimensions(spec)}  # a fixed one: its value
+    entry = int(values["optimizer"])
+    prefix = f"optimizer[{entry}]."
+    chosen = {k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)}
+    name = spec.parameters.optimizer[entry].name
+    optimizer = CONCRETE_CLASSES[name](name=name, **chosen)
+    architecture = values["architecture"]
+    weights = None if ARCHITECTURES[architecture].is_benchmark else values["weights"]
+    return Choice(architecture, weights, values["image_size"], optimizer, values["batch_size"],
+                  values["data_fraction"], values["augmentation"], values["head.units"], values["head.dropout"])
+
+
+def active_dimensions(dims: Sequence[Dimension], params: dict[str, float]) -> list[Dimension]:
+    """The dimensions a trial's params hold: those that vary, but for the optimizer entries it did not choose."""
+    prefix = f"optimizer[{int(params.get('optimizer', 0))}]."
+    return [d for d in dims if d.varies and (not d.name.startswith("optimizer[") or d.name.startswith(prefix))]
+
+
+def grid_params(spec: StudySpec, index: int) -> dict[str, float]:
+    """A grid point of a list-only space as trial params (each dimension's choice index)."""
+    architecture, weights, image_size, optimizer_index, batch_size, fraction, augmentation, units, dropout = _grid(spec).point(index)
+    entry, optimizer = _nth_optimizer(spec, optimizer_index)
+    values: dict[str, Any] = {
+        "architecture": architecture, "weights": weights, "optimizer": entry, "augmentation": augmentation,
+        "image_size": image_size, "batch_size": batch_size, "data_fraction": fraction, "head.units": units, "head.dropout": dropout,
+    }
+    values.update({f"optimizer[{entry}].{k}": v for k, v in optimizer.model_dump(exclude={"name"}).items()})
+    dims = active_dimensions(dimensions(spec), {"optimizer": entry})
+    return {d.name: float(_index(d.choices or [], values[d.name])) for d in dims if d.name in values}
+
+
+def _index(choices: Sequence[Any], value: Any) -> int:
+    # The benchmark CNN's weights are null whatever the study lists: any choice stands for it.
+    return list(choices).index(value) if value in choices else 0

@@ -116,14 +116,7 @@ def study(
         backend = open_backend(config) if config.backend == "local" and config.home.exists() else None
         plan = service.plan_study(spec, backend, config.price_per_hour)
         warn(plan.warnings)
-        frame = service.plan_frame(plan.jobs)
-        doc = {"study_id": plan.study_id, "name": spec.name, "job_count": plan.job_count, "estimate": plan.estimate,
-               "dry_run": True, "warnings": plan.warnings}
-        if fmt == "json":
-            print(json.dumps({**doc, "jobs": plan.jobs}, indent=2))
-            return
-        emit(console, frame, fmt, title=f"{plan.study_id}: {plan.job_count} jobs (dry run)")
-        say(f"estimate: {plan.estimate}")
+        show_plan(spec, plan, fmt)
         return
     from shared.study import job_count
     from submitter.watch import progress_bar, progress_wanted
@@ -141,6 +134,23 @@ def study(
                                     f": {report.total} jobs, {report.created} new, {report.existing} already there"))
         for line in report.repair.lines() if report.repair else []:
             say(f"repaired: {line}")
+
+
+def show_plan(spec: Any, plan: service.Plan, fmt: str) -> None:
+    """The dry run: the jobs enqueued at submission and the estimate; for a search that decides as
+    results arrive (or has a budget), a last row for what is decided later and the upper bound."""
+    if fmt == "json":
+        print(json.dumps({"study_id": plan.study_id, "name": spec.name, "job_count": plan.job_count,
+                          "estimate": plan.estimate, "dry_run": True, "warnings": plan.warnings,
+                          "search": plan.search, "jobs": plan.jobs}, indent=2))
+        return
+    frame = service.plan_frame(plan.jobs, plan.search)
+    emit(console, frame, fmt, title=f"{plan.study_id}: {plan.job_count} jobs now (dry run)")  # type: ignore[arg-type]
+    if plan.search is None:
+        say(f"estimate: {plan.estimate}")
+        return
+    title = "upper bound (running jobs finish past a budget's cap)"
+    emit(console, service.bound_frame(plan.search), fmt, title=title)  # type: ignore[arg-type]
 
 
 def warn(warnings: list[str]) -> None:
@@ -235,7 +245,9 @@ def leaderboard_command(
         emit(console, frame, fmt, document={"study_id": study_id, "matrix": list(matrix_axes), "metric": by},  # type: ignore[arg-type]
              title=f"best {by}", values_as=by)
         return
-    frame = leaderboard(records, by, kind, top, artifacts=backend.artifacts)
+    spec = service.stored_spec(backend.store.get_study(study_id))
+    trials = service.trials_of(spec, records)  # a search's jobs: their trial and rung
+    frame = leaderboard(records, by, kind, top, artifacts=backend.artifacts, trials=trials)
     if fmt != "table":  # the key is the record's; beside it, where a person finds the model
         frame = frame.assign(checkpoint_uri=[service.display_uri(backend.artifacts, k) for k in frame["checkpoint"]])
     shown = for_table(frame, by) if fmt == "table" else frame

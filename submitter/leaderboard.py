@@ -9,6 +9,11 @@ Every accuracy carries how far it can be trusted (shared/stats.py):
   validation examples, Holm-corrected over the rows shown (submitter/compare.py);
 - `val_test_gap` and `gap_warning`: once a row's model was evaluated, its validation minus test
   accuracy, and whether the test score lies outside the validation interval (selection overfitted it).
+
+Jobs of a sampled or adaptive search (shared/search.py) carry their `trial` number, the `rung` their
+job reached with its `rung_epochs` (ASHA; rung 0 otherwise) and `stopped_early`: ASHA ended the
+trial at that rung. Ranking keeps a trial's latest rung only (shared.ranking), so a stopped trial
+ranks by its last rung's score; the terminal marks it.
 Values a record cannot support (no example counts, no per-example file) are null, never guessed.
 """
 
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -26,12 +31,15 @@ from shared.optimizers import CONCRETE_CLASSES
 from shared.ports import ArtifactStore
 from shared.ranking import LOWER_IS_BETTER, Ranked, rank, scored_repeats
 from shared.status import JobStatus
+from submitter.render import short_number
 
 if TYPE_CHECKING:
+    from shared.search import TrialView
     from submitter.compare import Tie
 
 COLUMNS = [
-    "rank", "job_id", "kind", "status", "architecture", "weights", "optimizer", "optimizer_params",
+    "rank", "job_id", "kind", "status", "trial", "rung", "rung_epochs", "stopped_early",
+    "architecture", "weights", "optimizer", "optimizer_params",
     "batch_size", "image_size", "data_fraction", "augmentation",
     "val_accuracy", "val_examples", "val_accuracy_ci_low", "val_accuracy_ci_high",
     "val_accuracy_mean", "val_accuracy_mean_ci_low", "val_accuracy_mean_ci_high", "tied_with_best", "tie_p_value",
@@ -44,11 +52,13 @@ COLUMNS = [
 CONFIDENCE = 0.95
 TIE_MARK = "\u2248"  # "≈": not significantly different from #1
 NO_FILE_MARK = "?"  # no per-example results to compare with #1
+STOPPED_MARK = "\u2020"  # "†": ASHA stopped the trial at its rung
 
 
 # What a person reads in a terminal (short headers); json/csv/markdown carry every column.
 TABLE_COLUMNS = {
-    "rank": "#", "tie": TIE_MARK, "job_id": "job", "kind": "kind", "status": "status", "architecture": "arch",
+    "rank": "#", "tie": TIE_MARK, "job_id": "job", "kind": "kind", "status": "status", "trial": "trial",
+    "rung_cell": "rung", "architecture": "arch",
     "optimizer": "opt", "params": "params", "batch_size": "batch", "data_fraction": "frac", "val_accuracy": "val_acc",
     "val_interval": "95%", "repeats": "reps", "val_loss": "val_loss", "test_accuracy": "test_acc",
     "test_interval": "test 95%", "val_test_gap": "gap", "best_epoch": "best", "epochs_run": "epochs",
@@ -72,11 +82,13 @@ def for_table(frame: pd.DataFrame, by: str = "val_accuracy") -> pd.DataFrame:
         val_accuracy=frame["val_accuracy_mean"],
         val_interval=[_val_interval(row) for row in frame.itertuples(index=False)],
         test_interval=_pairs(frame["test_accuracy_ci_low"], frame["test_accuracy_ci_high"]),
+        rung_cell=[_rung_cell(row.rung, row.rung_epochs, row.stopped_early) for row in frame.itertuples(index=False)],
     )
     if by in shown.columns and by != "val_accuracy":
         shown[by] = frame["mean"]  # the sort key, as val_acc is
     ties_known = bool(frame["tied_with_best"].notna().any())
-    keep = [c for c in TABLE_COLUMNS if c in ALWAYS or (c == "tie" and ties_known) or _says_something(shown[c])]
+    shown_anyway = {"tie": ties_known, "rung_cell": bool(frame["stopped_early"].eq(True).any())}  # the stopped mark
+    keep = [c for c in TABLE_COLUMNS if c in ALWAYS or shown_anyway.get(c) or _says_something(shown[c])]
     return shown[keep].rename(columns=TABLE_COLUMNS)
 
 
@@ -86,6 +98,13 @@ def _tie_mark(position: int, tied: bool | None, val_accuracy: float | None) -> s
     if position == 1 or val_accuracy is None or pd.isna(val_accuracy):
         return ""
     return NO_FILE_MARK if tied is None or pd.isna(tied) else (TIE_MARK if tied else "")
+
+
+def _rung_cell(rung: Any, epochs: Any, stopped: Any) -> str | None:
+    """`2 (9 ep)`, with the stopped mark where ASHA stopped the trial there; None off a search."""
+    if rung is None or pd.isna(rung):
+        return None
+    return f"{int(rung)} ({int(epochs)} ep)" + (f" {STOPPED_MARK}" if stopped is True else "")
 
 
 def _val_interval(row: Any) -> tuple[float, float] | None:
@@ -114,6 +133,8 @@ def table_notes(frame: pd.DataFrame, by: str = "val_accuracy") -> list[str]:
     if compared:
         notes.append(f"{TIE_MARK}: tied with #1 (exact McNemar on the same validation examples, Holm over {compared} "
                      f"comparisons); {NO_FILE_MARK}: no per-example file")
+    if frame["stopped_early"].eq(True).any():
+        notes.append(f"{STOPPED_MARK}: stopped early at its rung (ASHA), ranked by that rung's score")
     warning = gap_warning(frame)
     return notes + ([warning] if warning else [])
 
@@ -142,7 +163,8 @@ def _says_something(values: pd.Series) -> bool:
 def _short_params(optimizer: str, params_json: str) -> str:
     defaults = CONCRETE_CLASSES[optimizer]().model_dump()
     params = json.loads(params_json) if params_json else {}
-    return " ".join(f"{k}={v}" for k, v in sorted(params.items()) if k == "learning_rate" or defaults.get(k) != v)
+    shown = sorted((k, v) for k, v in params.items() if k == "learning_rate" or defaults.get(k) != v)
+    return " ".join(f"{k}={short_number(v)}" for k, v in shown)
 
 
 def job_row(record: JobRecord) -> dict[str, Any]:
@@ -179,21 +201,32 @@ def job_row(record: JobRecord) -> dict[str, Any]:
 
 def leaderboard(
     records: Sequence[JobRecord], by: str = "val_accuracy", kind: str | None = None, top: int | None = None,
-    artifacts: ArtifactStore | None = None,
+    artifacts: ArtifactStore | None = None, trials: Mapping[str, TrialView] | None = None,
 ) -> pd.DataFrame:
     """One row per configuration (repeats folded into their mean), best first by the mean of `by`.
 
     `records` are the whole study: an evaluation gives the row of the model it evaluated its test
     score. `kind` keeps the rows of one kind. With `artifacts`, ranked by val_accuracy, the rows
-    shown (`top`) are compared with #1 on their per-example validation results."""
+    shown (`top`) are compared with #1 on their per-example validation results. `trials`
+    (`shared.search.trial_view`, by job id) gives a search's rows their trial and rung."""
     from submitter import compare  # scipy: loaded when a leaderboard is drawn, not by every command
 
     ranked = rank(records, by, kind)
     shown = ranked[:top] if top else ranked
-    rows = [_ranked_row(i + 1, r, compare.evaluation_of(records, r.record)) for i, r in enumerate(shown)]
+    views = trials or {}
+    rows = [_ranked_row(i + 1, r, compare.evaluation_of(records, r.record)) | _trial_fields(views.get(r.record.job_id))
+            for i, r in enumerate(shown)]
     for row, tie in zip(rows, _ties(shown, by, artifacts)):
         row.update(tied_with_best=tie.tied, tie_p_value=tie.p_value)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _trial_fields(view: TrialView | None) -> dict[str, Any]:
+    """A row's place in a search; null off one (a grid's job, a follow-up)."""
+    if view is None:
+        return dict.fromkeys(("trial", "rung", "rung_epochs", "stopped_early"))
+    return {"trial": view.index, "rung": view.rung, "rung_epochs": view.rung_epochs,
+            "stopped_early": view.stopped_early}
 
 
 def _ranked_row(position: int, ranked: Ranked, evaluation: JobRecord | None) -> dict[str, Any]:

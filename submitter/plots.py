@@ -235,3 +235,63 @@ def accuracy_intervals(frame: pd.DataFrame, path: Path, title: str = "accuracy w
     ax.set_title(title)
     _save(figure, path)
     return drawn
+
+
+# --- adaptive search: what the budget bought, and ASHA's rungs -----------------------------------
+
+
+def best_so_far(frame: pd.DataFrame, path: Path, title: str = "best val_accuracy so far") -> pd.DataFrame:
+    """The best validation accuracy reached so far (a step line) and each job's own (points)
+    against the GPU-hours spent, and against dollars in a second panel when costs are known.
+
+    `frame` has one row per finished training job in the order they finished, with the columns
+    gpu_hours and usd (cumulative, the job's own included), val_accuracy (NaN: no score) and
+    best_so_far. Returns the rows drawn (those with a best so far)."""
+    drawn = frame[frame["best_so_far"].notna()].reset_index(drop=True)
+    axes_x = [("gpu_hours", "GPU-hours")] + ([("usd", "cost (USD)")] if bool((frame["usd"] > 0).any()) else [])
+    figure, axes = _figure(6 * len(axes_x) + 1, 4.2, ncols=len(axes_x))
+    for ax, (x, label) in zip(np.atleast_1d(axes), axes_x):
+        ax.step(drawn[x], drawn["best_so_far"], where="post", color="C0", label="best so far")
+        scored = drawn[drawn["val_accuracy"].notna()]
+        ax.scatter(scored[x], scored["val_accuracy"], s=14, color="C7", alpha=0.7, label="each job")
+        ax.set_xlabel(f"cumulative {label}")
+        ax.set_ylabel("val_accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="lower right")
+    figure.suptitle(title)
+    _save(figure, path)
+    return drawn
+
+
+def rung_curves(
+    frame: pd.DataFrame, rungs: Sequence[int], path: Path, title: str = "ASHA: each trial's rungs"
+) -> pd.DataFrame:
+    """Each trial's val_accuracy over epochs, coloured by the rung it reached, with the rungs'
+    epochs as vertical lines: a promoted trial's line crosses a rung line, a stopped one ends on
+    it with a cross.
+
+    `frame` has the columns trial, epoch, val_accuracy, rung (of the rung segment the epoch
+    belongs to) and stopped_early (the trial's). Returns the rows drawn, by trial then epoch."""
+    drawn = frame.dropna(subset=["val_accuracy"]).sort_values(["trial", "epoch"]).reset_index(drop=True)
+    figure, ax = _figure(8.5, 4.8)
+    for epochs in rungs:
+        ax.axvline(epochs, color="grey", linestyle=":", linewidth=1)
+    reached: set[int] = set()
+    for _, curve in drawn.groupby("trial", sort=True):
+        top = int(curve["rung"].max())
+        label = f"reached rung {top}" if top not in reached else "_nolegend_"
+        reached.add(top)
+        ax.plot(curve["epoch"], curve["val_accuracy"], "-o", color=f"C{top % 10}", alpha=0.8, linewidth=1.2,
+                markersize=3, label=label)  # a point too: a trial stopped at rung 0 may have one epoch
+        if bool(curve["stopped_early"].iloc[-1]):
+            end = curve.iloc[-1:]
+            ax.scatter(end["epoch"], end["val_accuracy"], marker="x", color="black", s=30, zorder=3)
+    ax.set_xlabel("epoch (dotted: rungs)")
+    ax.set_ylabel("val_accuracy")
+    ax.grid(alpha=0.3)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if len(drawn):
+        ax.legend(fontsize="small", loc="lower right", title="x: stopped early")
+    ax.set_title(title)
+    _save(figure, path)
+    return drawn

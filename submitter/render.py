@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import pandas as pd
-from rich.console import Console
+from rich.console import Console, Group
 from rich.highlighter import JSONHighlighter
 from rich.table import Table
 from rich.text import Text
@@ -158,11 +158,17 @@ def column_format(name: str, values: pd.Series) -> tuple[Formatter, bool]:
         return (lambda v: "" if _is_missing(v) else f"\u00b1{(v[1] - v[0]) / 2:.{_INTERVAL_DECIMALS}f}"), True
     numbers = _numbers(values)
     if numbers is None:
-        return (lambda v: clean(v)), False
+        return (lambda v: "" if _is_missing(v) else clean(v)), False  # a missing text is blank, never "nan"
     kind = _kind(name, numbers)
     decimals = {"money": _money_decimals(numbers), "seconds": 1, "ratio": 4, "integer": 0, "float": _float_decimals(numbers)}[kind]
     prefix = "$" if kind == "money" else ""
     return (lambda v: "" if _is_missing(v) else f"{prefix}{float(v):,.{decimals}f}"), True
+
+
+def short_number(value: Any) -> Any:
+    """A float to 4 significant digits, for `k=v` lists: a sampled learning rate reads 0.000121,
+    not 0.00012096990503921729 (json and csv keep every digit)."""
+    return f"{value:.4g}" if isinstance(value, float) else value
 
 
 def formatted(frame: pd.DataFrame, values_as: str | None = None) -> list[tuple[str, bool, list[str]]]:
@@ -231,3 +237,36 @@ def emit(
         print(markdown(frame, values_as))
     else:
         console.print(rich_table(frame, title, values_as))
+
+
+# --- a search's progress (`submit status`) --------------------------------------------------------
+
+_BUDGET_SPENDS = {"jobs": ("jobs", "{:,.0f}"), "gpu_hours": ("GPU-hours", "{:,.3f}"), "usd": ("dollars", "${:,.4f}")}
+
+
+def search_status(summary: Mapping[str, Any]) -> Group:
+    """A search's progress (`shared.search.summary(...).as_json()`): its trials by where they
+    stand, the budget spent against its limits, and ASHA's rungs as a table."""
+    trials = (f"search {summary['method']}: {summary['count']} trials: {summary['done']} done, "
+              f"{summary['running']} running, {summary['queued']} queued, {summary['planned']} planned "
+              f"({summary['epochs_trained']:,} epochs trained)")
+    parts: list[Any] = [Text.assemble(plain(trials), ("  complete", "bold green") if summary["complete"] else "")]
+    if summary.get("budget"):
+        parts.append(budget_line(summary["budget"]))
+    if summary.get("rungs"):
+        rungs = pd.DataFrame(summary["rungs"]).rename_axis("rung").reset_index()
+        parts.append(rich_table(rungs, title="rungs (promoted: went on to the next rung)"))
+    return Group(*parts)
+
+
+def budget_line(budget: Mapping[str, Any]) -> Text:
+    """`budget: jobs 9 of 30, GPU-hours 0.012, dollars $0.0065 of $1.0000` (each used, and its
+    limit where the budget sets one), with `reached` once one is."""
+    spent = []
+    for name, (label, number) in _BUDGET_SPENDS.items():
+        used, limit = budget[name]
+        spent.append(f"{label} {number.format(used)}" + ("" if limit is None else f" of {number.format(limit)}"))
+    line = Text(f"budget: {', '.join(spent)}")
+    if budget["reached"]:
+        line.append("  reached: no new jobs; running ones finish", style="bold yellow")
+    return line

@@ -12,10 +12,11 @@ score is reported for the model validation chose.
 from __future__ import annotations
 
 import base64
+import bisect
 import html
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,10 @@ from shared.datasets.sync import dataset_classes
 from shared.paths import check_id
 from shared.ranking import TRAINED_KINDS, rank
 from shared.status import JobStatus
-from submitter import plots
+from shared import search
+from shared.search import TrialView
+from shared.study import StudySpec
+from submitter import plots, service
 from submitter.compare import compare_jobs, evaluation_of, read_artifact
 from submitter.leaderboard import (
     TIE_MARK, example_count, for_table, job_row, leaderboard, matrix, models_seen_test, table_notes, wilson,
@@ -119,6 +123,66 @@ def epoch_frame(backend: Backend, record: JobRecord) -> pd.DataFrame:
     return pd.DataFrame([rows[e][1] for e in sorted(rows)])
 
 
+def search_progress(records: Sequence[JobRecord]) -> pd.DataFrame:
+    """The study's training jobs in the order they finished, with the GPU-hours and dollars spent
+    up to and including each (every finished job costs, a failed one too), its val_accuracy
+    (succeeded jobs only) and the best of those so far."""
+    finished = sorted((r for r in records if r.kind == "train" and r.status.finished and r.finished_at is not None),
+                      key=lambda r: (r.finished_at or 0.0, r.job_id))
+    frame = pd.DataFrame({
+        "job_id": [r.job_id for r in finished],
+        "finished_at": [r.finished_at for r in finished],
+        "val_accuracy": [r.metrics.val_accuracy if r.status == JobStatus.SUCCEEDED else None for r in finished],
+        "train_seconds": [r.train_seconds for r in finished],
+        "cost_usd": [r.cost_usd for r in finished],
+    }).astype({"val_accuracy": float, "train_seconds": float, "cost_usd": float})
+    frame["gpu_hours"] = frame["train_seconds"].cumsum() / 3600
+    frame["usd"] = frame["cost_usd"].cumsum()
+    frame["best_so_far"] = frame["val_accuracy"].cummax().ffill()  # a job without a score keeps the best
+    return frame
+
+
+def rung_frame(
+    backend: Backend, records: Sequence[JobRecord], trials: Mapping[str, TrialView], rungs: Sequence[int]
+) -> pd.DataFrame:
+    """One row per epoch of each ASHA trial, from its furthest rung's job back through the rungs it
+    resumed: the val_accuracy, the rung whose segment holds the epoch (epochs up to rungs[0] are
+    rung 0's) and whether the trial stopped early."""
+    by_id = {r.job_id: r for r in records}
+    furthest: dict[int, JobRecord] = {}
+    for record in records:
+        view = trials.get(record.job_id)
+        if view is not None and (view.index not in furthest or view.rung > trials[furthest[view.index].job_id].rung):
+            furthest[view.index] = record
+    frames = [_trial_curve(resumed_epochs(backend, record, by_id), trials[record.job_id], rungs)
+              for record in furthest.values()]
+    columns = ["trial", "epoch", "val_accuracy", "rung", "stopped_early"]
+    frame = pd.concat([f for f in frames if len(f)] or [pd.DataFrame(columns=columns)], ignore_index=True)
+    return frame.sort_values(["trial", "epoch"], ignore_index=True)
+
+
+def _trial_curve(epochs: pd.DataFrame, view: TrialView, rungs: Sequence[int]) -> pd.DataFrame:
+    if "val_accuracy" not in epochs:
+        return pd.DataFrame()
+    return pd.DataFrame({
+        "trial": view.index, "epoch": epochs["epoch"].astype(int), "val_accuracy": epochs["val_accuracy"],
+        "rung": [bisect.bisect_left(list(rungs), int(epoch)) for epoch in epochs["epoch"]],
+        "stopped_early": view.stopped_early,
+    })
+
+
+def resumed_epochs(backend: Backend, record: JobRecord, by_id: Mapping[str, JobRecord]) -> pd.DataFrame:
+    """A training job's epochs with those of the rung jobs it resumed (an ASHA promotion continues
+    its parent's training, so its own records start past its parent's epochs): the whole curve."""
+    frames, job = [], record
+    while job is not None:
+        frames.append(epoch_frame(backend, job))
+        parent = job.spec.parent_job_id if job.spec.trial is not None else None  # a finetune starts afresh
+        job = by_id.get(parent) if parent else None
+    whole = pd.concat([frame for frame in reversed(frames) if len(frame)] or [pd.DataFrame()], ignore_index=True)
+    return whole.drop_duplicates("epoch", keep="last", ignore_index=True) if len(whole) else whole
+
+
 def build_report(
     backend: Backend, study_id: str, out_dir: Path, top: int = 5, row: str = "architecture", column: str = "optimizer"
 ) -> Report:
@@ -138,8 +202,11 @@ def build_report(
         files.append(path)
         data[name] = drawn
 
+    spec = service.stored_spec(study)
+    trials = service.trials_of(spec, records)
     board = Section("Leaderboard")
-    frame = leaderboard(records, top=MAX_TABLE_ROWS, artifacts=backend.artifacts)  # ties: over the rows shown
+    # ties: over the rows shown
+    frame = leaderboard(records, top=MAX_TABLE_ROWS, artifacts=backend.artifacts, trials=trials)
     if frame.empty:
         board.notes.append("no jobs in this study")
     else:
@@ -161,6 +228,8 @@ def build_report(
         sweeps = _sweeps(finished, out_dir, add)
         if sweeps is not None:
             sections.append(sweeps)
+        if spec is not None and service.is_search(spec):
+            sections.append(_search(backend, spec, records, trials, out_dir, add))
     sections.append(_evaluation(backend, records, out_dir, add))
 
     page = out_dir / HTML_NAME
@@ -223,13 +292,32 @@ def _curves(backend: Backend, records: Sequence[JobRecord], top: int, out_dir: P
     by_id = {r.job_id: r for r in records}
     curves = {}
     for position, job_id in zip(ranked["rank"], ranked["job_id"]):
-        epochs = epoch_frame(backend, by_id[job_id])
+        epochs = resumed_epochs(backend, by_id[job_id], by_id)
         if len(epochs):
             curves[_label(int(position), by_id[job_id])] = epochs
     if not curves:
         section.notes.append("no per-epoch metrics recorded for the best jobs")
         return section
     add(section, "learning_curves", plots.learning_curves(curves, out_dir / "learning_curves.png"))
+    return section
+
+
+def _search(backend: Backend, spec: StudySpec, records: Sequence[JobRecord], trials: Mapping[str, TrialView],
+            out_dir: Path, add: Any) -> Section:
+    """What the search bought: the best score against the GPU-hours (and dollars) spent and, for
+    ASHA, every trial's curve through the rungs."""
+    section = Section(f"The search ({spec.search.method}): best val_accuracy so far against GPU-hours")
+    progress = search_progress(records)
+    add(section, "best_so_far", plots.best_so_far(progress, out_dir / "best_so_far.png"))
+    hours = progress["train_seconds"].sum() / 3600
+    section.notes.append(f"{len(progress)} training jobs in the order they finished; x: their train seconds summed "
+                         f"(/3600), failed and stopped jobs included; {hours:.3f} GPU-hours in all")
+    if spec.search.method == "asha":
+        rungs = search.rungs(spec)
+        curves = rung_frame(backend, records, trials, rungs)
+        add(section, "rung_curves", plots.rung_curves(curves, rungs, out_dir / "rung_curves.png"))
+        section.notes.append(f"ASHA rungs at {', '.join(map(str, rungs))} epochs (dotted): a line that crosses a rung "
+                             "was promoted and resumed there; x: a trial stopped early at its rung")
     return section
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
+from shared import search
 from shared.ports import ArtifactStore, Backend
 from shared.errors import BadInputError, NotFoundError
 from shared.followups import (
@@ -24,9 +27,11 @@ from shared.followups import (
 from shared.jobs import JobRecord, StudyRecord
 from shared.manifest import MANIFEST_NAME
 from shared.reconcile import ReconcilePolicy, ReconcileReport, cancel_jobs, needs_cancel, reconcile
+from shared.search import TrialView
 from shared.status import JobStatus
-from shared.study import MAX_STUDY_BYTES, StudySpec, expand, job_count, parse_study, study_warnings
+from shared.study import ADAPTIVE_METHODS, MAX_STUDY_BYTES, StudySpec, job_count, parse_study, study_warnings
 from shared.submission import SubmitReport, enqueue_records, submit_jobs
+from shared.search import initial_jobs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -73,15 +78,55 @@ class Plan:
     jobs: list[dict[str, Any]]
     estimate: dict[str, Any]
     warnings: list[str] = field(default_factory=list)  # shared.study.study_warnings: what can only give noise
+    search: dict[str, Any] | None = None  # `search_plan`: adaptive methods and budgets
 
 
 def plan_study(spec: StudySpec, backend: Backend | None, price_per_hour: float | None) -> Plan:
-    jobs = [{"job_id": job_id, **job_parameters(job)} for job_id, job in expand(spec)]
-    return Plan(spec.study_id, len(jobs), jobs, estimate_cost(spec, backend, price_per_hour), study_warnings(spec))
+    """The dry run: the jobs `submit study` would enqueue now (`shared.search.initial_jobs`), the
+    cost estimate and, for adaptive searches and budgets, the search's upper bound."""
+    jobs = [{"job_id": job_id, **job_parameters(job)} for job_id, job in search.initial_jobs(spec)]
+    estimate = estimate_cost(spec, backend, price_per_hour)
+    plan = search_plan(spec, jobs, estimate) if search.windowed(spec) else None  # tpe, asha, budgets: not all at once
+    return Plan(spec.study_id, len(jobs), jobs, estimate, study_warnings(spec), plan)
+
+
+def search_plan(spec: StudySpec, jobs: list[dict[str, Any]], estimate: dict[str, Any]) -> dict[str, Any]:
+    """What an adaptive search or a budget may cost at most: the trials and jobs planned, how many
+    are decided only as results arrive (TPE's proposals, ASHA's later trials and promotions), and
+    the upper bound on epochs, GPU-hours and dollars: the estimate from observed seconds per
+    epoch, capped by the budget where it has a cap (running jobs still finish past a cap)."""
+    bound = search.upper_bound(spec)
+    budget = spec.budget.model_dump() if spec.budget else None
+    started = {job["trial"] for job in jobs if job["trial"] is not None}
+    hours = None if estimate["seconds"] is None else round(estimate["seconds"] / 3600, 4)
+    price = estimate["price_per_hour"]
+    usd = estimate["cost_usd"] if price else None  # no price: no dollars, rather than $0
+    caps = budget or {"gpu_hours": None, "usd": None}
+    return {
+        "method": spec.search.method, "trials": bound.trials, "jobs": bound.jobs, "epochs": bound.epochs,
+        "initial_jobs": len(jobs), "trials_decided_later": max(0, bound.trials - len(started)),
+        "jobs_decided_later": max(0, bound.jobs - len(jobs)),
+        "gpu_hours": hours, "usd": usd, "budget": budget,
+        "gpu_hours_bound": _smallest(hours, caps["gpu_hours"], _times(caps["usd"], 1 / price if price else None)),
+        "usd_bound": _smallest(usd, caps["usd"], _times(caps["gpu_hours"], price)),
+    }
+
+
+def _times(value: float | None, factor: float | None) -> float | None:
+    return None if value is None or factor is None else round(value * factor, 4)
+
+
+def _smallest(*values: float | None) -> float | None:
+    """The smallest of the values that are known (an estimate, a cap, a cap in other units)."""
+    known = [value for value in values if value is not None]
+    return min(known) if known else None
 
 
 def job_parameters(job: Any) -> dict[str, Any]:
     return {
+        "trial": job.trial.index if job.trial else None,
+        "rung": job.trial.rung if job.trial else None,
+        "epochs": job.training.epochs,
         "architecture": job.model.architecture,
         "weights": job.model.weights,
         "image_size": job.model.image_size,
@@ -95,38 +140,81 @@ def job_parameters(job: Any) -> dict[str, Any]:
     }
 
 
-def plan_frame(jobs: list[dict[str, Any]]) -> pd.DataFrame:
-    """The dry run as a table: only the columns and optimizer parameters that vary across jobs."""
+def plan_frame(jobs: list[dict[str, Any]], search_plan: dict[str, Any] | None = None) -> pd.DataFrame:
+    """The dry run as a table: only the columns and optimizer parameters that vary across jobs
+    and, for a search that enqueues as it goes (`search_plan`), a last row for the jobs and
+    trials decided later."""
     import pandas as pd
+
+    from submitter.render import short_number
 
     varying = {k for j in jobs for k, v in j["optimizer_params"].items() if any(o["optimizer_params"].get(k) != v for o in jobs)}
     rows = [{**{k: v for k, v in j.items() if k != "optimizer_params"},
-             "params": " ".join(f"{k}={v}" for k, v in sorted(j["optimizer_params"].items()) if k in varying)} for j in jobs]
+             "params": " ".join(f"{k}={short_number(v)}" for k, v in sorted(j["optimizer_params"].items())
+                                if k in varying)} for j in jobs]
     frame = pd.DataFrame(rows)
-    fixed = [c for c in frame.columns if c not in ("job_id", "architecture", "optimizer") and frame[c].astype(str).nunique() <= 1]
-    return frame.drop(columns=fixed)
+    kept = ("job_id", "architecture", "optimizer") + (("trial",) if search_plan else ())
+    fixed = [c for c in frame.columns if c not in kept and frame[c].astype(str).nunique() <= 1]
+    frame = frame.drop(columns=fixed)
+    later = _later_row(jobs, search_plan) if search_plan else None
+    return frame if later is None else pd.concat([frame, pd.DataFrame([later])], ignore_index=True)
+
+
+def _later_row(jobs: list[dict[str, Any]], search_plan: dict[str, Any]) -> dict[str, Any] | None:
+    """The dry run's last row: `+N jobs`, the trials `k-M` and when they are decided."""
+    if not search_plan["jobs_decided_later"]:
+        return None
+    first = max((j["trial"] for j in jobs if j["trial"] is not None), default=-1) + 1
+    last = search_plan["trials"] - 1
+    adaptive = search_plan["method"] in ADAPTIVE_METHODS
+    how = "decided as results arrive" if adaptive else "enqueued as earlier jobs finish"
+    return {"job_id": f"+{search_plan['jobs_decided_later']} jobs", "trial": f"{first}-{last}" if last >= first else "",
+            "note": how}
+
+
+def bound_frame(search_plan: dict[str, Any]) -> pd.DataFrame:
+    """The dry run's upper bound as a table: what the search may run at most (GPU-hours and
+    dollars from observed seconds per epoch), the budget's caps, and the smaller of the two."""
+    import pandas as pd
+
+    budget = search_plan["budget"] or {}
+    counts = {name: search_plan[name] for name in ("trials", "jobs", "epochs")}
+    return pd.DataFrame([
+        {"": "search at most", **counts, "gpu_hours": search_plan["gpu_hours"], "usd": search_plan["usd"]},
+        {"": "budget caps", "trials": None, "jobs": budget.get("jobs"), "epochs": None,
+         "gpu_hours": budget.get("gpu_hours"), "usd": budget.get("usd")},
+        {"": "upper bound", **counts, "gpu_hours": search_plan["gpu_hours_bound"], "usd": search_plan["usd_bound"]},
+    ])
 
 
 def estimate_cost(spec: StudySpec, backend: Backend | None, price_per_hour: float | None) -> dict[str, Any]:
-    """Seconds per epoch observed for these architectures in earlier studies, times epochs and jobs."""
+    """Seconds per epoch observed for these architectures in earlier studies (their mean), times
+    the most epochs the study can train (`shared.search.upper_bound`: every job to its maximum)."""
     observed = observed_seconds_per_epoch(backend) if backend else {}
     per_arch = [observed.get(a) for a in spec.parameters.architecture]
-    count = job_count(spec)
+    bound = search.upper_bound(spec)
+    known = {"jobs": bound.jobs, "max_epochs": spec.training.epochs, "price_per_hour": price_per_hour}
     if not per_arch or any(s is None for s in per_arch):
-        return {"jobs": count, "max_epochs": spec.training.epochs, "basis": "no earlier jobs of these architectures",
-                "seconds": None, "cost_usd": None, "price_per_hour": price_per_hour}
-    seconds = count / len(per_arch) * sum(per_arch) * spec.training.epochs  # type: ignore[arg-type]
+        return {**known, "basis": "no earlier jobs of these architectures", "seconds": None, "cost_usd": None}
+    seconds = sum(per_arch) / len(per_arch) * bound.epochs  # type: ignore[arg-type]
     cost = seconds * (price_per_hour or 0.0) / 3600
-    return {"jobs": count, "max_epochs": spec.training.epochs, "basis": "observed seconds per epoch (upper bound: no early stop)",
-            "seconds": round(seconds, 1), "cost_usd": round(cost, 4), "price_per_hour": price_per_hour}
+    return {**known, "basis": "observed seconds per epoch (upper bound: no early stop)",
+            "seconds": round(seconds, 1), "cost_usd": round(cost, 4)}
 
 
 def observed_seconds_per_epoch(backend: Backend) -> dict[str, float]:
+    """Per architecture, the mean seconds per epoch of the succeeded training jobs of up to 20
+    studies. An ASHA promotion's `epochs_run` counts its parent's epochs, which it resumed and did
+    not pay for: only the epochs it trained are counted."""
     totals: dict[str, list[float]] = {}
     for study in backend.store.list_studies()[:20]:
-        for job in backend.store.list_jobs(study.study_id, JobStatus.SUCCEEDED):
-            if job.kind == "train" and job.epochs_run:
-                totals.setdefault(job.spec.model.architecture, []).append(job.train_seconds / job.epochs_run)
+        jobs = backend.store.list_jobs(study.study_id, JobStatus.SUCCEEDED)
+        resumed = {job.job_id: job.epochs_run for job in jobs}
+        for job in jobs:
+            parent = job.spec.parent_job_id if job.spec.trial else None  # a promotion; a finetune's parent is no resume
+            trained = job.epochs_run - resumed.get(parent or "", 0)
+            if job.kind == "train" and trained > 0:
+                totals.setdefault(job.spec.model.architecture, []).append(job.train_seconds / trained)
     return {arch: sum(v) / len(v) for arch, v in totals.items()}
 
 
@@ -191,7 +279,7 @@ def submit_study(
     new = backend.store.put_study(study)
     if not new:
         _refuse_cancelled(backend, spec.study_id)
-    report = StudySubmission(**vars(submit_jobs(backend.store, backend.queue, spec.study_id, expand(spec), progress, now)))
+    report = StudySubmission(**vars(submit_jobs(backend.store, backend.queue, spec.study_id, initial_jobs(spec), progress, now)))
     report.warnings = study_warnings(spec)
     if not new:  # the same `now`: what submit_jobs just sent is not sent again
         report.repair = reconcile(backend, policy, now, [spec.study_id])
@@ -279,6 +367,7 @@ class StudyStatus:
     finished: bool = False
     eta_s: float | None = None
     failed: list[dict[str, Any]] = field(default_factory=list)  # FAILED jobs with their reason
+    search: dict[str, Any] | None = None  # shared.search.summary's JSON: sampled searches and budgets
 
     def document(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "running"} | {"running": self.running}
@@ -301,7 +390,32 @@ def study_status(backend: Backend, study_id: str, stale_after_s: float, now: flo
         failed=[_failed_row(j) for j in jobs if j.status == JobStatus.FAILED],
     )
     status.eta_s = _eta(jobs)
+    spec = stored_spec(study)
+    status.search = search.summary(spec, jobs).as_json() if spec is not None and is_search(spec) else None
     return status
+
+
+def stored_spec(study: StudyRecord | None) -> StudySpec | None:
+    """The study file a study was submitted with (its record's `spec`), or None: no record, or a
+    spec that no longer validates (a teammate's newer or older spotsweep wrote it)."""
+    if study is None:
+        return None
+    try:
+        return StudySpec.model_validate(study.spec)
+    except ValidationError:
+        return None
+
+
+def is_search(spec: StudySpec) -> bool:
+    """Whether the study has a search to show: a method other than the grid, or a window of jobs
+    in flight (a budget, a `parallel`)."""
+    return spec.search.method != "grid" or search.windowed(spec)
+
+
+def trials_of(spec: StudySpec | None, jobs: Sequence[JobRecord]) -> dict[str, TrialView]:
+    """Where each trial job of the study stands (`shared.search.trial_view`), by job id; empty
+    for a grid or a study whose spec is unknown."""
+    return search.trial_view(spec, list(jobs)) if spec is not None and is_search(spec) else {}
 
 
 def _failed_row(job: JobRecord) -> dict[str, Any]:

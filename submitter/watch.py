@@ -17,7 +17,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from submitter.render import plain
+from submitter.render import plain, search_status
 from submitter.service import StudyStatus
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
@@ -67,6 +67,8 @@ def render_status(status: StudyStatus) -> RenderableType:
         money.append(f"   {status.stale} stale lease{'s' if status.stale != 1 else ''}", style="bold yellow")
 
     parts: list[RenderableType] = [title, counts, bar, money]
+    if status.search:  # a search's trials, budget and rungs (submitter/render.py)
+        parts.append(search_status(status.search))
     if status.running:
         parts.append(_running_table(status))
     elif not status.finished:

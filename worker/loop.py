@@ -342,7 +342,7 @@ class Worker:
             artifacts=self.backend.artifacts,
             prefix=job_prefix(record.study_id, record.job_id),
             attempt=record.attempt,
-            state_key=record.state_key,
+            state_key=self._starting_state(record),
             parent_checkpoint=self._parent_checkpoint(record),
             on_epoch=lambda report: self._record_epoch(record, lease, report),
             should_stop=lambda: self._stop_reason(lease),
@@ -361,6 +361,17 @@ class Worker:
         seconds = time.monotonic() - started
         log.info("dataset ready (%.1f s)", seconds, extra={"event": "dataset_ready", **job, "data": {"seconds": round(seconds, 3)}})
         return path
+
+    def _starting_state(self, record: JobRecord) -> str | None:
+        """The training state a job resumes: its own committed one, or, for an ASHA promotion
+        (a training job with a parent) that has none yet, its parent rung's: the promotion
+        continues from the rung's checkpoint instead of redoing its epochs."""
+        if record.state_key is not None or record.spec.kind != "train" or record.spec.parent_job_id is None:
+            return record.state_key
+        parent = self.backend.store.get_job(record.study_id, record.spec.parent_job_id)
+        if parent is None or parent.state_key is None:
+            raise PermanentError(f"promotion of {record.spec.parent_job_id}: the parent rung has no committed training state")
+        return parent.state_key
 
     def _parent_checkpoint(self, record: JobRecord) -> str | None:
         """The model a finetune/evaluate job starts from: what its parent's record names (the

@@ -179,7 +179,7 @@ def test_omitting_the_optimizer_means_adam():
 
 def test_discriminator_errors_name_the_field_the_user_wrote():
     error = error_of(study(search={"method": "magic"}))
-    assert str(error) == "search.method: unknown method 'magic' (known: grid, random)"
+    assert str(error) == "search.method: unknown method 'magic' (known: grid, random, sobol, tpe, asha)"
     data = study()
     data["parameters"]["optimizer"][0] = {"name": "lion"}
     assert str(error_of(data)).startswith("parameters.optimizer[0].name: unknown optimizer 'lion' (known: sgd,")

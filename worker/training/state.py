@@ -248,10 +248,14 @@ class StateStore:
         local.unlink(missing_ok=True)
 
     def discard(self, saved: Saved) -> None:
-        """After `saved.key` was committed: it is the state now, and what it superseded goes."""
+        """After `saved.key` was committed: it is the state now, and what it superseded goes,
+        except another job's files: an ASHA promotion starts from its parent rung's state, which
+        stays its parent's (the parent's record names it)."""
         self.committed = saved.key
+        own = self.prefix.rsplit("/attempt-", 1)[0] + "/"
         for key in sorted(saved.superseded):
-            self.artifacts.delete(key)
+            if key.startswith(own):
+                self.artifacts.delete(key)
 
 
 @dataclass(frozen=True)
