@@ -25,6 +25,7 @@ from shared.study import FinetuneFollowUp, StudySpec
 from shared.submission import SubmitReport, submit_jobs
 
 FINETUNE_OPTIMIZER = Sgd(learning_rate=1e-4, momentum=0.9)
+MAX_SEARCH_ROUNDS = 1000  # one settlement's decisions: far more than a rung's promotions due at once
 SEARCH_STAGE = "search"  # a windowed search (shared.search) has nothing more to enqueue
 CANCELLED_STAGE = "cancelled"  # `submit cancel` marks the study: no follow-up starts after it
 
@@ -159,8 +160,18 @@ def advance_study(store: JobStore, queue: JobQueue, study_id: str) -> dict[str, 
 
 def advance_search(store: JobStore, queue: JobQueue, spec: StudySpec) -> SubmitReport:
     """Create and enqueue what the study's search wants next (shared.search.next_jobs): new
-    trials, ASHA promotions, the next jobs of a window. Racing callers create each once."""
-    return submit_jobs(store, queue, spec.study_id, next_jobs(spec, store.list_jobs(spec.study_id)))
+    trials, ASHA promotions, the next jobs of a window; asked again (a promotion is decided one
+    per rung at a time) until a round creates nothing. Racing callers create each once.
+
+    Returns:
+        What was created and sent, over all rounds."""
+    total = SubmitReport()
+    for _ in range(MAX_SEARCH_ROUNDS):
+        report = submit_jobs(store, queue, spec.study_id, next_jobs(spec, store.list_jobs(spec.study_id)))
+        total.created, total.sent = total.created + report.created, total.sent + report.sent
+        if not report.created:
+            break
+    return total
 
 
 def enqueue_followups(store: JobStore, queue: JobQueue, study_id: str, specs: Sequence[JobSpec]) -> SubmitReport:

@@ -3,10 +3,11 @@
 There is no head node. Whoever settles a job (a worker), submits or repairs a study asks
 `next_jobs(spec, jobs)` and enqueues the answer through `submit_jobs` (shared.followups.
 advance_study does both). It is safe however many ask at once:
-- trial k's job ids are deterministic in (study, k, rung, repeat) (`trial_job_id`), never in what
-  was proposed for it, and records are created only if absent: racing workers create each trial
-  and each promotion once (a loser's proposal is dropped with its create), so a study with
-  `count: N` ends with exactly N trials;
+- trial k's job ids are deterministic in (study, k, repeat) (`trial_job_id`), never in what was
+  proposed for it, and an ASHA promotion's in (study, rung, slot) (`promotion_job_id`); records
+  are created only if absent: racing workers create each trial and each promotion once (a
+  loser's proposal is dropped with its create), so a study with `count: N` ends with exactly N
+  trials, and no rung takes more than its share;
 - stopped between deciding and sending, the records exist unsent and the reconciler sends them;
   stopped before creating, the next settlement or the reconciler decides again.
 
@@ -42,6 +43,7 @@ from shared.study import (
     StudySpec,
     TpeSearch,
     active_dimensions,
+    asha_rungs,
     choice_of,
     dimensions,
     distribution_paths,
@@ -59,21 +61,15 @@ SCORE = "val_accuracy"  # what every method maximises
 BUDGET_WINDOW = 4  # jobs in flight under a GPU-hours or dollar budget when the search names no `parallel`
 
 
-def trial_job_id(study_id: str, index: int, rung: int = 0, repeat: int = 0) -> str:
-    """Deterministic in (study, trial, rung, repeat): what a racing worker proposes never changes it."""
-    return short_hash(f"{study_id}\ntrial {index}\nrung {rung}\nrepeat {repeat}")
+def trial_job_id(study_id: str, index: int, repeat: int = 0) -> str:
+    """Trial `index`'s first job (of `repeat`), deterministic in them: what a racing worker
+    proposes for the trial never changes it (its promotions: `promotion_job_id`)."""
+    return short_hash(f"{study_id}\ntrial {index}\nrepeat {repeat}")
 
 
 def rungs(spec: StudySpec) -> list[int]:
     """Cumulative epochs at each rung: r, r*eta, r*eta**2, ... below `training.epochs`, then it."""
-    search, top = spec.search, spec.training.epochs
-    if not isinstance(search, AshaSearch):
-        return [top]
-    epochs, out = search.min_epochs, []
-    while epochs < top:
-        out.append(epochs)
-        epochs *= search.reduction_factor
-    return out + [top]
+    return asha_rungs(spec)
 
 
 def windowed(spec: StudySpec) -> bool:
@@ -82,12 +78,17 @@ def windowed(spec: StudySpec) -> bool:
 
 
 def window(spec: StudySpec) -> int | None:
-    """Jobs in flight at most (None: no limit). A time or money budget needs one: what is all
-    enqueued at once can no longer be held back."""
-    if spec.search.parallel is not None:
-        return spec.search.parallel
+    """Jobs in flight at most (None: no limit), never fewer than one trial's repeats (created
+    together: a smaller window would never start a trial). A time or money budget needs one: what
+    is all enqueued at once can no longer be held back."""
     spends = spec.budget is not None and (spec.budget.gpu_hours is not None or spec.budget.usd is not None)
-    return BUDGET_WINDOW if spends else None
+    parallel = spec.search.parallel if spec.search.parallel is not None else (BUDGET_WINDOW if spends else None)
+    return None if parallel is None else max(parallel, _per_trial(spec))
+
+
+def _per_trial(spec: StudySpec) -> int:
+    """Jobs created together: a sampled trial's repeats (a grid's jobs come one at a time)."""
+    return spec.training.repeats if is_sampled(spec) else 1
 
 
 def trial_count(spec: StudySpec) -> int:
@@ -229,6 +230,7 @@ def budget_reached(spec: StudySpec, jobs: Sequence[JobRecord]) -> bool:
     if spec.budget is None:
         return False
     used = budget_used(jobs)
+    used["jobs"] += _per_trial(spec) - 1  # reached when too few jobs are left for a trial's repeats
     return any(limit is not None and used[name] >= limit for name, limit in spec.budget.model_dump().items())
 
 
@@ -246,24 +248,35 @@ def _room(spec: StudySpec, jobs: Sequence[JobRecord]) -> int | None:
     return max(0, min(limits)) if limits else None
 
 
-def promotions(spec: StudySpec, trials: _Trials) -> list[JobRecord]:
-    """ASHA: the finished rung jobs in their rung's top 1/eta not yet promoted, top rungs first,
-    at most floor(count / eta**(i+1)) into rung i+1 in all.
+def promotions(spec: StudySpec, trials: _Trials) -> list[tuple[int, JobRecord]]:
+    """ASHA: per rung, top rungs first, the best finished job in its rung's top 1/eta not yet
+    promoted, with the slot it takes: the number of promotions into the next rung so far, below
+    floor(count / eta**(i+1)).
 
     Why the cap: asynchronous promotion alone has no bound (when each new result beats the
     earlier ones, nearly every trial is in the top 1/eta when it finishes), and a study must say
-    what it will cost at most (`upper_bound`) and keep to it."""
+    what it will cost at most (`upper_bound`) and keep to it. Why one per rung, keyed by slot: a
+    worker deciding from a stale snapshot then aims at a slot that a newer decision filled, and
+    its create finds the record there; the slots fill in order, so neither the cap nor "each
+    trial promoted once" depends on who read the store when (`advance_search` asks again until
+    nothing is due)."""
     if not isinstance(spec.search, AshaSearch):
         return []
     eta, count, due = spec.search.reduction_factor, trial_count(spec), []
     for rung in reversed(range(len(rungs(spec)) - 1)):
-        scored = [(job.metrics.val_accuracy, -index, job) for index, by_rung in trials.by_trial.items()
-                  for job in by_rung.get(rung, []) if _scored(job)]
-        best = sorted(scored, key=lambda item: item[:2], reverse=True)[: len(scored) // eta]
         promoted = sum(1 for by_rung in trials.by_trial.values() if rung + 1 in by_rung)
-        waiting = [job for _, _, job in best if rung + 1 not in trials.by_trial[job.spec.trial.index]]  # type: ignore[union-attr]
-        due += waiting[: max(0, count // eta ** (rung + 1) - promoted)]
+        waiting = _waiting(trials, rung, eta)
+        if waiting and promoted < count // eta ** (rung + 1):
+            due.append((promoted, waiting[0]))
     return due
+
+
+def _waiting(trials: _Trials, rung: int, eta: int) -> list[JobRecord]:
+    """The rung's finished jobs in its top floor(n / eta) whose trial has no next rung yet, best first."""
+    scored = [(job.metrics.val_accuracy, -index, job) for index, by_rung in trials.by_trial.items()
+              for job in by_rung.get(rung, []) if _scored(job)]
+    best = sorted(scored, key=lambda item: item[:2], reverse=True)[: len(scored) // eta]
+    return [job for _, _, job in best if rung + 1 not in trials.by_trial[job.spec.trial.index]]  # type: ignore[union-attr]
 
 
 def _scored(job: JobRecord) -> bool:
@@ -271,17 +284,27 @@ def _scored(job: JobRecord) -> bool:
     return job.status is JobStatus.SUCCEEDED and score is not None and math.isfinite(score)
 
 
-def promotion(spec: StudySpec, study_id: str, parent: JobRecord) -> tuple[str, JobSpec]:
-    """The next rung's job of `parent`'s trial: same configuration, more epochs, resuming it."""
+def promotion(spec: StudySpec, study_id: str, parent: JobRecord, slot: int) -> tuple[str, JobSpec]:
+    """The next rung's job of `parent`'s trial, in promotion `slot` of that rung: the same
+    configuration, more epochs, resuming it."""
     trial = parent.spec.trial.model_copy(update={"rung": parent.spec.trial.rung + 1})  # type: ignore[union-attr]
     training = parent.spec.training.model_copy(update={"epochs": rungs(spec)[trial.rung]})
     job = parent.spec.model_copy(update={"trial": trial, "training": training, "parent_job_id": parent.job_id})
-    return trial_job_id(study_id, trial.index, trial.rung), job
+    return promotion_job_id(study_id, trial.rung, slot), job
+
+
+def promotion_job_id(study_id: str, rung: int, slot: int) -> str:
+    """Deterministic in (study, rung, slot): two decisions for one slot create one job."""
+    return short_hash(f"{study_id}\nrung {rung}\npromotion {slot}")
 
 
 def missing_trials(spec: StudySpec, trials: _Trials) -> list[int]:
-    """Trial indices not created yet, in order (a gap left by a partial create comes first)."""
-    return [k for k in range(trial_count(spec)) if k not in trials.by_trial]
+    """Trial indices not created yet, in order (a gap left by a partial create comes first);
+    under a budget on jobs only the indices that fit it, so that racing workers cannot pass it."""
+    limit = trial_count(spec)
+    if spec.budget is not None and spec.budget.jobs is not None:
+        limit = min(limit, spec.budget.jobs // spec.training.repeats)
+    return [k for k in range(limit) if k not in trials.by_trial]
 
 
 def trial_jobs(spec: StudySpec, index: int, params: dict[str, float]) -> list[tuple[str, JobSpec]]:
@@ -292,7 +315,7 @@ def trial_jobs(spec: StudySpec, index: int, params: dict[str, float]) -> list[tu
         job = train_spec(spec, choice, repeat, Trial(index=index, params=params))
         if isinstance(spec.search, AshaSearch):  # ASHA is the early stopping; a rung trains its epochs
             job = job.model_copy(update={"training": job.training.model_copy(update={"epochs": rungs(spec)[0], "early_stopping": None})})
-        out.append((trial_job_id(spec.study_id, index, 0, repeat), job))
+        out.append((trial_job_id(spec.study_id, index, repeat), job))
     return out
 
 
@@ -312,9 +335,10 @@ def _grid_jobs(spec: StudySpec, trials: _Trials, room: int | None) -> list[tuple
     """A windowed grid or list-sampled study: its next jobs in order (created in order, so the
     created ones are a prefix; ids as `expand` gives them)."""
     existing = {job.job_id for job in trials.grid_jobs}
+    most = spec.budget.jobs if spec.budget is not None and spec.budget.jobs is not None else None
     out: list[tuple[str, JobSpec]] = []
-    for job_id, job in expand(spec):
-        if room is not None and len(out) >= room:
+    for position, (job_id, job) in enumerate(expand(spec)):
+        if (room is not None and len(out) >= room) or (most is not None and position >= most):
             break
         if job_id not in existing:
             out.append((job_id, job))
@@ -332,7 +356,7 @@ def next_jobs(spec: StudySpec, jobs: Sequence[JobRecord]) -> list[tuple[str, Job
     if not is_sampled(spec):
         return _grid_jobs(spec, _Trials.of(jobs), room)
     trials = _Trials.of(jobs)
-    due = [promotion(spec, spec.study_id, parent) for parent in promotions(spec, trials)]
+    due = [promotion(spec, spec.study_id, parent, slot) for slot, parent in promotions(spec, trials)]
     chosen = due if room is None else due[:room]
     slots = None if room is None else room - len(chosen)
     per_trial = spec.training.repeats
@@ -473,7 +497,7 @@ def trial_view(spec: StudySpec, jobs: Sequence[JobRecord]) -> dict[str, TrialVie
     """Per trial job (by job id): its trial, rung, the rung's epochs, and whether it stopped early
     (ASHA: succeeded at a rung below the top, not promoted, and none is due any more)."""
     trials, epochs = _Trials.of(jobs), rungs(spec)
-    due = {job.job_id for job in promotions(spec, trials)}
+    due = {job.job_id for _, job in promotions(spec, trials)}
     complete_or_due = search_complete(spec, jobs)
     views = {}
     for index, by_rung in trials.by_trial.items():

@@ -67,13 +67,14 @@ class Distribution(BaseModel):
         u = min(max(u, 0.0), 1.0 - _EPSILON)
         if self.distribution == "log_uniform" or self.log:
             value = math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low)))
-            # exp(log(low)) can come back an ulp below low: Optuna refuses such a value in a history
-            return min(max(round(value), int(self.low)), int(self.high)) if self.is_int else min(max(value, self.low), self.high)
+            if self.is_int:
+                return min(max(round(value), int(self.low)), int(self.high))
+            return min(max(value, self.low), self.high)  # exp(log(low)) can be an ulp below low: Optuna refuses that
         step = self.step if self.step is not None else (1.0 if self.is_int else None)
         if step is None:
             return self.low + u * (self.high - self.low)
         value = self.low + step * math.floor(u * (round((self.high - self.low) / step) + 1))
-        return int(round(value)) if self.is_int else min(value, self.high)  # low + n * step can land an ulp above high
+        return int(round(value)) if self.is_int else min(value, self.high)  # low + n * step may be an ulp above
 
 
 def _whole(value: float) -> bool:

@@ -285,11 +285,39 @@ class StudySpec(_Strict):
 TRAINING_METRICS = ("accuracy", "loss")  # logged on the training images, which the model fits
 
 
+def asha_rungs(spec: StudySpec) -> list[int]:
+    """ASHA's rungs as cumulative epochs: r, r*eta, r*eta**2, ... below `training.epochs`, then
+    it; [training.epochs] for any other method."""
+    search, top = spec.search, spec.training.epochs
+    if not isinstance(search, AshaSearch):
+        return [top]
+    epochs, out = search.min_epochs, []
+    while epochs < top:
+        out.append(epochs)
+        epochs *= search.reduction_factor
+    return out + [top]
+
+
+def _asha_warning(spec: StudySpec) -> str | None:
+    """At most floor(count / eta**i) trials reach rung i: too few trials leave the top rungs empty."""
+    if not isinstance(spec.search, AshaSearch):
+        return None
+    epochs = asha_rungs(spec)
+    reaching = [spec.search.count // spec.search.reduction_factor**i for i in range(len(epochs))]
+    if reaching[-1]:
+        return None
+    furthest = max(i for i, n in enumerate(reaching) if n)
+    return (f"search.count: {spec.search.count} trials with reduction_factor {spec.search.reduction_factor} reach at "
+            f"most rung {furthest} ({epochs[furthest]} epochs): none trains to training.epochs ({epochs[-1]}); "
+            f"use count >= {spec.search.reduction_factor ** (len(epochs) - 1)}")
+
+
 def study_warnings(spec: StudySpec) -> list[str]:
     """One line per way `spec` can only produce noise, each naming its JSON path:
     a frozen base with `weights: null` (a random base's features are ~0, so every head on them
-    learns the same nothing), and early stopping (which also picks the best epoch) on a
-    training metric, which follows the fit to the training images instead of the validation score."""
+    learns the same nothing), early stopping (which also picks the best epoch) on a training
+    metric, which follows the fit to the training images instead of the validation score, and an
+    ASHA search with too few trials for its top rung (no trial would train to `training.epochs`)."""
     warnings = []
     frozen = [a for a in _unique(spec.parameters.architecture) if not ARCHITECTURES[a].is_benchmark]
     if frozen and None in spec.parameters.weights:
@@ -306,7 +334,8 @@ def study_warnings(spec: StudySpec) -> list[str]:
                 f"{path}.monitor: {stopping.monitor!r} is a training metric: the best epoch and the stop follow the fit "
                 f"to the training images, not the validation score (use 'val_{stopping.monitor}')"
             )
-    return warnings
+    asha = _asha_warning(spec)
+    return warnings + ([asha] if asha else [])
 
 
 # --- loading ---------------------------------------------------------------------------------

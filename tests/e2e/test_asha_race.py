@@ -31,7 +31,7 @@ from shared.backends.factory import open_backend
 from shared.config import BackendConfig
 from shared.jobs import JobRecord
 from shared.ports import Backend
-from shared.search import rungs, search_complete, trial_job_id
+from shared.search import promotion_job_id, rungs, search_complete, trial_job_id
 from shared.status import JobStatus
 from shared.study import StudySpec
 from tests.e2e.conftest import env_for, start_workers, submit_json
@@ -161,7 +161,10 @@ def check_exactly_once(spec: StudySpec, jobs: list[JobRecord]) -> None:
     pairs = Counter((j.spec.trial.index, j.spec.trial.rung) for j in jobs)
     assert {index for index, _ in pairs} == set(range(TRIALS)), sorted(pairs)
     assert set(pairs.values()) == {1}, pairs
-    assert all(j.job_id == trial_job_id(spec.study_id, j.spec.trial.index, j.spec.trial.rung) for j in jobs)
+    assert all(j.job_id == trial_job_id(spec.study_id, j.spec.trial.index) for j in jobs if not j.spec.trial.rung)
+    slots = Counter(j.spec.trial.rung for j in jobs if j.spec.trial.rung)  # promotions fill each rung's slots in order
+    assert {j.job_id for j in jobs if j.spec.trial.rung} == {
+        promotion_job_id(spec.study_id, rung, slot) for rung, count in slots.items() for slot in range(count)}
     assert {j.status for j in jobs} == {JobStatus.SUCCEEDED}, [(j.job_id, j.status, j.error) for j in jobs]
     epochs = rungs(spec)
     by_pair = {(j.spec.trial.index, j.spec.trial.rung): j for j in jobs}

@@ -22,7 +22,7 @@ from shared.backends.factory import open_local
 from shared.config import BackendConfig
 from shared.jobs import JobRecord
 from shared.ports import Backend
-from shared.search import initial_jobs, promotion, search_complete, trial_job_id
+from shared.search import initial_jobs, promotion, promotion_job_id, search_complete, trial_job_id
 from shared.status import JobStatus
 from shared.study import StudySpec
 from shared.submission import submit_jobs
@@ -80,7 +80,8 @@ def test_a_promotion_trains_only_its_rungs_new_epochs_from_the_parents_model(bac
     assert search_complete(spec, list(jobs.values()))
     [child] = [j for j in jobs.values() if j.spec.trial.rung == 1]
     parent = jobs[child.spec.parent_job_id]
-    assert child.job_id == trial_job_id(spec.study_id, parent.spec.trial.index, 1)
+    assert parent.job_id == trial_job_id(spec.study_id, parent.spec.trial.index)
+    assert child.job_id == promotion_job_id(spec.study_id, 1, 0)  # rung 1's first promotion slot
     assert (parent.spec.trial.rung, parent.epochs_run, child.epochs_run) == (0, MIN_EPOCHS, MIN_EPOCHS * ETA)
 
     # The store's epoch rows: the promotion committed only the epochs past its rung.
@@ -112,7 +113,7 @@ def test_a_promotion_whose_parent_committed_no_state_fails_at_once_with_one_line
     backend.store.create_jobs([JobRecord(study_id=spec.study_id, job_id=parent_id, spec=parent_spec, created_at=time.time())])
     parent = backend.store.get_job(spec.study_id, parent_id)
     assert parent is not None and parent.state_key is None  # created, never sent, never run
-    child_id, child_spec = promotion(spec, spec.study_id, parent)
+    child_id, child_spec = promotion(spec, spec.study_id, parent, 0)
     assert submit_jobs(backend.store, backend.queue, spec.study_id, [(child_id, child_spec)]).sent == 1
     Worker(backend, worker_settings(tmp_path, 60.0), JobRunner()).work(Policy(max_jobs=1))
 

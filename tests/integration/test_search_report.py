@@ -61,7 +61,7 @@ def trial_job(spec: StudySpec, index: int, rung: int) -> JobRecord:
         trial = Trial(index=index, rung=step, params=job.trial.params)
         training = job.training.model_copy(update={"epochs": search.rungs(spec)[step]})
         job = job.model_copy(update={"trial": trial, "training": training, "parent_job_id": job_id})
-        job_id = search.trial_job_id(spec.study_id, index, step)
+        job_id = search.promotion_job_id(spec.study_id, step, index)  # a slot per trial: distinct ids
     return JobRecord(study_id=spec.study_id, job_id=job_id, spec=job, created_at=time.time())
 
 

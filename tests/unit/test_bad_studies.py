@@ -85,6 +85,22 @@ EXPECTED_PATH: dict[str, str | None] = {
     "weights_escape_the_store.json": "parameters.weights[0]",
     "yaml_not_json.json": FILE,
     "zero_batch_size.json": "parameters.batch_size[0]",
+    # issue 16: distributions and sampled searches (tests/unit/test_space.py)
+    "asha_min_epochs_not_below_epochs.json": "search.min_epochs",
+    "distribution_batch_size_zero.json": "parameters.batch_size.low",
+    "distribution_dropout_high_one.json": "head.dropout.high",
+    "distribution_high_below_low.json": "parameters.batch_size.high",
+    "distribution_int_uniform_fractional.json": "parameters.batch_size.low",
+    "distribution_log_uniform_zero_low.json": "parameters.optimizer[0].learning_rate.low",
+    "distribution_log_with_step.json": "head.units.step",
+    "distribution_momentum_high_one.json": "parameters.optimizer[0].momentum.high",
+    "distribution_on_boolean.json": "parameters.optimizer[0].nesterov",
+    "distribution_step_not_dividing.json": "parameters.data_fraction.step",
+    "distribution_unknown_field.json": "parameters.batch_size.mean",
+    "distribution_unknown_name.json": "parameters.batch_size.distribution",
+    "grid_over_distribution.json": "parameters.batch_size",
+    "random_fraction_over_distribution.json": "parameters.optimizer[0].learning_rate",
+    "tpe_with_repeats.json": "training.repeats",
 }
 
 
