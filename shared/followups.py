@@ -135,13 +135,8 @@ def advance_study(store: JobStore, queue: JobQueue, study_id: str) -> dict[str, 
         return {}
     spec = StudySpec.model_validate(study.spec)
     started: dict[str, int] = {}
-    if windowed(spec) and SEARCH_STAGE not in study.stages:
-        searched = advance_search(store, queue, spec)
-        if searched.created:
-            started["search"] = searched.created
-        if not search_complete(spec, store.list_jobs(study_id)):
-            return started  # the follow-ups wait for the search's last trial
-        store.mark_stage(study_id, SEARCH_STAGE)  # final: no trial or budget comes back; later calls skip it
+    if windowed(spec) and SEARCH_STAGE not in study.stages and not _search_done(store, queue, spec, started):
+        return started  # the follow-ups wait for the search's last trial
     finetune_due = spec.finetune is not None and "finetune" not in study.stages
     if not finetune_due and (spec.evaluate is None or "evaluate" in study.stages):
         return started  # nothing left to start: no need to read the jobs
@@ -156,6 +151,18 @@ def advance_study(store: JobStore, queue: JobQueue, study_id: str) -> dict[str, 
         if store.mark_stage(study_id, "evaluate"):
             started["evaluate"] = report.created
     return started
+
+
+def _search_done(store: JobStore, queue: JobQueue, spec: StudySpec, started: dict[str, int]) -> bool:
+    """Top up a windowed search (counted in `started["search"]`); whether it is complete, marked
+    then as a stage (final: no trial or budget comes back), so that later calls skip it."""
+    searched = advance_search(store, queue, spec)
+    if searched.created:
+        started["search"] = searched.created
+    if not search_complete(spec, store.list_jobs(spec.study_id)):
+        return False
+    store.mark_stage(spec.study_id, SEARCH_STAGE)
+    return True
 
 
 def advance_search(store: JobStore, queue: JobQueue, spec: StudySpec) -> SubmitReport:

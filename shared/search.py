@@ -140,16 +140,16 @@ def _tpe_params(spec: StudySpec, indices: Sequence[int], history: Sequence[JobRe
     from optuna.trial import TrialState, create_trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Multivariate TPE is marked experimental; a filter, not catch_warnings: settling threads race here.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     dims = {dim.name: dim for dim in dimensions(spec)}
-    with warnings.catch_warnings():  # multivariate TPE is marked experimental
-        warnings.simplefilter("ignore")
-        sampler = optuna.samplers.TPESampler(
-            seed=_seed(spec.search.seed, indices[0]), n_startup_trials=0, constant_liar=True, multivariate=True, group=True  # type: ignore[union-attr]
-        )
-        study = optuna.create_study(direction="maximize", sampler=sampler)
-        for record in history:
-            _tell(study, record, dims, create_trial, TrialState)
-        return {index: _ask(study, list(dims.values())) for index in indices}
+    sampler = optuna.samplers.TPESampler(
+        seed=_seed(spec.search.seed, indices[0]), n_startup_trials=0, constant_liar=True, multivariate=True, group=True  # type: ignore[union-attr]
+    )
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    for record in history:
+        _tell(study, record, dims, create_trial, TrialState)
+    return {index: _ask(study, list(dims.values())) for index in indices}
 
 
 def _tell(study: Any, record: JobRecord, dims: dict[str, Any], create_trial: Any, states: Any) -> None:

@@ -31,7 +31,6 @@ from shared.search import TrialView
 from shared.status import JobStatus
 from shared.study import ADAPTIVE_METHODS, MAX_STUDY_BYTES, StudySpec, job_count, parse_study, study_warnings
 from shared.submission import SubmitReport, enqueue_records, submit_jobs
-from shared.search import initial_jobs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -279,7 +278,7 @@ def submit_study(
     new = backend.store.put_study(study)
     if not new:
         _refuse_cancelled(backend, spec.study_id)
-    report = StudySubmission(**vars(submit_jobs(backend.store, backend.queue, spec.study_id, initial_jobs(spec), progress, now)))
+    report = StudySubmission(**vars(submit_jobs(backend.store, backend.queue, spec.study_id, search.initial_jobs(spec), progress, now)))
     report.warnings = study_warnings(spec)
     if not new:  # the same `now`: what submit_jobs just sent is not sent again
         report.repair = reconcile(backend, policy, now, [spec.study_id])
