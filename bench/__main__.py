@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from bench.common import Row, make_dataset  # noqa: E402
 
-COMPARISONS = ["input_pipeline", "sync", "submission", "feature_cache"]
+COMPARISONS = ["input_pipeline", "sync", "submission", "feature_cache", "fixed_cost", "search"]
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 

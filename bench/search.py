@@ -41,7 +41,7 @@ LEARNING_RATES = [0.01, 0.001, 0.0001]
 BATCH_SIZES = [16, 32, 64]
 DATA_FRACTIONS = [1.0, 0.5, 0.25]
 ASHA_SEED = 0
-TPE_COUNT, TPE_STARTUP, TPE_EPOCHS, SEEDS = 16, 4, 3, (0, 1, 2)
+TPE_COUNT, TPE_STARTUP, TPE_EPOCHS, SEEDS = 16, 4, 3, (0, 1, 2, 3, 4)
 WORKERS = 2  # `worker run --concurrency`: the machine's two cores
 ROUNDS_MAX = 20  # worker runs per study before the bench gives up on it
 

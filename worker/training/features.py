@@ -42,6 +42,7 @@ import os
 import tempfile
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,7 @@ from worker.training.models import architecture, base_features, build_base, copy
 log = logging.getLogger(__name__)
 ENTRY_VERSION = 3  # 3: extracted in batches of EXTRACTION_BATCH (2: in the building job's batch size)
 EXTRACTION_BATCH = 32  # fixed, so an entry's numbers do not depend on which job built it
+BASE_CACHE_PARAMS = 64_000_000  # bases kept in a worker process (BaseCache): ~256 MB as float32
 
 
 def applies(spec: JobSpec) -> bool:
@@ -103,20 +105,31 @@ def entry_key(spec: JobSpec, weights_id: str, dataset_checksum: str) -> str:
 
 
 class BaseCache:
-    """The base of the feature-cache entry used last, by entry key. Owned by whoever runs one
-    job after another (`runner.JobRunner`, one per worker process): a worker runs the jobs of a
-    study in turn, and building a base (seconds) once per entry instead of once per job is what
-    keeps head-only jobs cheap. One entry only: bases are large."""
+    """The bases of the feature-cache entries used last, by entry key. Owned by whoever runs one
+    job after another (`runner.JobRunner`, one per worker process): building a base and loading
+    its weights (half a second for MobileNetV2 on two idle cores, more for larger bases) once per
+    entry instead of once per job is what keeps head-only jobs cheap, including a search whose
+    trials alternate between entries (architectures, image sizes). Bases are large, so they are
+    kept, least recently used dropped first, only while their parameters add up to at most
+    `max_params` (BASE_CACHE_PARAMS: about 256 MB of float32 weights); the base used last is
+    kept whatever its size."""
 
-    def __init__(self) -> None:
-        self._key: str | None = None
-        self._base: keras.Model | None = None
+    def __init__(self, max_params: int = BASE_CACHE_PARAMS) -> None:
+        self.max_params = max_params
+        self._bases: OrderedDict[str, tuple[keras.Model, int]] = OrderedDict()  # least recently used first
 
     def get(self, key: str) -> keras.Model | None:
-        return self._base if key == self._key else None
+        found = self._bases.get(key)
+        if found is None:
+            return None
+        self._bases.move_to_end(key)
+        return found[0]
 
     def remember(self, key: str, base: keras.Model) -> keras.Model:
-        self._key, self._base = key, base
+        self._bases[key] = (base, int(base.count_params()))
+        self._bases.move_to_end(key)
+        while len(self._bases) > 1 and sum(params for _, params in self._bases.values()) > self.max_params:
+            self._bases.popitem(last=False)
         return base
 
 

@@ -17,7 +17,7 @@ from worker.training.train import progress_result, train
 
 class JobRunner:
     """Runs one job after another (the loop's `RunJob`), keeping what consecutive jobs share:
-    the feature-cache base built last (see `features.BaseCache`)."""
+    the feature-cache bases used last (see `features.BaseCache`)."""
 
     def __init__(self) -> None:
         self.bases = BaseCache()
