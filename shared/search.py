@@ -9,7 +9,8 @@ advance_study does both). It is safe however many ask at once:
   loser's proposal is dropped with its create), so a study with `count: N` ends with exactly N
   trials, and no rung takes more than its share;
 - stopped between deciding and sending, the records exist unsent and the reconciler sends them;
-  stopped before creating, the next settlement or the reconciler decides again.
+  stopped before deciding, the settled job's message is still on the queue (a worker deletes it
+  only after advancing the study, worker/outcomes.py), and whoever receives it decides.
 
 A study enqueues everything at submission (a grid, a random or Sobol sample), or keeps a window
 of `search.parallel` jobs in flight and tops it up as jobs settle: the adaptive methods (TPE
@@ -33,8 +34,6 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-import numpy as np
 
 from shared.jobs import JobRecord, JobSpec, Trial, short_hash
 from shared.study import (
@@ -113,7 +112,8 @@ def drawn_params(spec: StudySpec, index: int) -> dict[str, float]:
     if isinstance(spec.search, SobolSearch):
         unit = _sobol(len(dims), seed, trial_count(spec))[index]
     else:
-        unit = np.random.default_rng([seed, index]).random(len(dims))
+        draw = random.Random(f"{seed}:{index}")  # a str seed is hashed with SHA-512: the same in every process
+        unit = [draw.random() for _ in dims]
     params = {dim.name: dim.param(float(u)) for dim, u in zip(dims, unit)}
     return {dim.name: params[dim.name] for dim in active_dimensions(dims, params)}
 
@@ -124,7 +124,7 @@ def _permutation(size: int, seed: int) -> tuple[int, ...]:
 
 
 @functools.lru_cache(maxsize=8)
-def _sobol(dimensions_count: int, seed: int, count: int) -> np.ndarray:
+def _sobol(dimensions_count: int, seed: int, count: int) -> Any:
     from scipy.stats import qmc
 
     with warnings.catch_warnings():  # balance needs a power of two; the first `count` points are as good

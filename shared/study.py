@@ -132,7 +132,6 @@ class Budget(_Strict):
         return self
 
 
-_listify = listify
 Fraction = Annotated[float, Field(gt=0, le=1)]
 Dropout = Annotated[float, Field(ge=0, lt=1)]
 
@@ -150,7 +149,7 @@ class Parameters(_Strict):
     data_fraction: swept(Fraction) = [1.0]  # type: ignore[valid-type]
     augmentation: list[bool | Augmentation] = Field([False], min_length=1)
 
-    _listify_all = field_validator("*", mode="before")(_listify)
+    _listify_all = field_validator("*", mode="before")(listify)
 
 
 class StudyHead(_Strict):
@@ -378,18 +377,18 @@ def _with_suggestion(message: str, path: str) -> str:
 @functools.cache
 def _field_homes() -> dict[str, list[str]]:
     """Every field of the study file, with the blocks that have it."""
-    blocks: dict[str, type[BaseModel]] = {
-        "the top level": StudySpec, "parameters": Parameters, "training": Training, "finetune": FinetuneFollowUp,
-        "evaluate": EvaluateFollowUp, "search": RandomSearch, "search ": TpeSearch, "search  ": AshaSearch,
-        "head": StudyHead, "budget": Budget, "a distribution": Distribution, "early_stopping": EarlyStopping,
-        "augmentation": Augmentation, **CONCRETE_CLASSES,
-    }
+    blocks: list[tuple[str, type[BaseModel]]] = [
+        ("the top level", StudySpec), ("parameters", Parameters), ("training", Training), ("finetune", FinetuneFollowUp),
+        ("evaluate", EvaluateFollowUp), ("search", RandomSearch), ("search", TpeSearch), ("search", AshaSearch),
+        ("head", StudyHead), ("budget", Budget), ("a distribution", Distribution), ("early_stopping", EarlyStopping),
+        ("augmentation", Augmentation), *CONCRETE_CLASSES.items(),
+    ]
     homes: dict[str, list[str]] = {}
-    for block, model in blocks.items():
+    for block, model in blocks:
         for name in model.model_fields:
             names = homes.setdefault(name, [])
-            if block.strip() not in names:
-                names.append(block.strip())
+            if block not in names:
+                names.append(block)
     return homes
 
 

@@ -218,8 +218,8 @@ class Worker:
         if current is None:
             self._reject(delivery, f"unknown job {message.job_id} in study {message.study_id}")
             return None
-        if current.status.finished:
-            queue.delete([delivery.receipt])  # a duplicate of a job that already has its one result
+        if current.status.finished:  # a duplicate, or a settlement's message kept until its study advances
+            self.settler.advance_then_ack(message.study_id, delivery)
             return None
         if lease_suspicious(current, self.settings.lease_s, now):
             self._take_back(current, now)

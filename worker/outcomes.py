@@ -127,19 +127,27 @@ class Settler:
 
     def _succeeded(self, record: JobRecord, delivery: Delivery, outcome: Outcome) -> None:
         self._finish(record, JobStatus.SUCCEEDED, outcome, error=None)
-        self.queue.delete([delivery.receipt])
-        self._advance(record)
+        self.advance_then_ack(record.study_id, delivery)
 
     def _failed(self, record: JobRecord, delivery: Delivery, outcome: Outcome) -> None:
         self._save_traceback(record, outcome)
         self._finish(record, JobStatus.FAILED, outcome)
-        self.queue.delete([delivery.receipt])
-        self._advance(record)
+        self.advance_then_ack(record.study_id, delivery)
 
     def _cancelled(self, record: JobRecord, delivery: Delivery, outcome: Outcome) -> None:
         self._finish(record, JobStatus.CANCELLED, outcome)
-        self.queue.delete([delivery.receipt])
-        self._advance(record)
+        self.advance_then_ack(record.study_id, delivery)
+
+    def advance_then_ack(self, study_id: str, delivery: Delivery) -> None:
+        """A finished job's message goes only once its study has been advanced: stopped in between
+        (a crash, a throttled table), the message comes back, and whoever receives it finds the job
+        finished and advances the study then (`Worker._claim_record`). The queue itself carries "a
+        decision is due", so a search never waits on a fleet scaled to zero, nor on the
+        reconciler's function, which ships no sampler."""
+        if self.advance(study_id):
+            self.queue.delete([delivery.receipt])
+        else:
+            self.queue.release(delivery.receipt, backoff_s(1, self.backoff_base_s))
 
     def _preempted(self, record: JobRecord, delivery: Delivery, outcome: Outcome) -> None:
         self._requeue(record, delivery, outcome, preemptions=record.preemptions + 1)
@@ -163,8 +171,8 @@ class Settler:
         if failures >= self.max_failures:
             outcome.error = f"gave up after {failures} failures: {outcome.error}"
             self._finish(record, JobStatus.FAILED, outcome, failures=failures)
+            self.advance(record.study_id)
             self.queue.dead_letter(delivery, outcome.error)
-            self._advance(record)
             return
         self._finish(record, JobStatus.QUEUED, outcome, failures=failures)
         self.queue.release(delivery.receipt, backoff_s(failures, self.backoff_base_s))
@@ -204,11 +212,14 @@ class Settler:
         except Exception:  # the error itself matters more than its traceback file
             log.warning("could not store traceback", exc_info=True)
 
-    def _advance(self, record: JobRecord) -> None:
+    def advance(self, study_id: str) -> bool:
+        """Enqueue what the study wants next (its search's trials, its follow-ups); idempotent.
+        False when that failed: the caller keeps the message that will ask again."""
         try:
-            stages = advance_study(self.store, self.queue, record.study_id)
-        except Exception:  # the next finishing job (or `submit finetune/evaluate`) advances it
+            stages = advance_study(self.store, self.queue, study_id)
+        except Exception:  # the job's message (kept), a later settlement or the reconciler advances it
             log.warning("could not advance study", exc_info=True, extra={"event": "advance_failed"})
-            return
+            return False
         for stage, count in stages.items():
-            log.info("study %s: %d %s jobs enqueued", record.study_id, count, stage, extra={"event": "followups", "study_id": record.study_id})
+            log.info("study %s: %d %s jobs enqueued", study_id, count, stage, extra={"event": "followups", "study_id": study_id})
+        return True
