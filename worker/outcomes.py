@@ -2,9 +2,9 @@
 
 | outcome   | record                                        | message                                  |
 |-----------|-----------------------------------------------|------------------------------------------|
-| succeeded | RUNNING -> SUCCEEDED with the results          | delete                                   |
-| failed    | RUNNING -> FAILED with the error               | delete                                   |
-| cancelled | RUNNING -> CANCELLED                           | delete                                   |
+| succeeded | RUNNING -> SUCCEEDED with the results          | delete, once the study is advanced (*)   |
+| failed    | RUNNING -> FAILED with the error               | delete, once the study is advanced (*)   |
+| cancelled | RUNNING -> CANCELLED                           | delete, once the study is advanced (*)   |
 | preempted | RUNNING -> QUEUED, preemptions + 1             | send a fresh message, delete the old one |
 | handoff   | RUNNING -> QUEUED, handoffs + 1                | send a fresh message, delete the old one |
 | retry     | RUNNING -> QUEUED with the error, failures + 1 | release with backoff                     |
@@ -12,6 +12,10 @@
 | fatal     | RUNNING -> QUEUED with the error               | release at once; the worker stops        |
 | breaker   | RUNNING -> QUEUED with the error               | release at once; the worker stops        |
 | lease_lost| nothing: another worker owns the job (or may)  | nothing                                  |
+
+(*) The study's search and follow-ups are advanced (shared.followups.advance_study) before the
+message goes; when that fails, the message is released and its next receiver advances the study
+(`advance_then_ack`).
 
 A job's failures are counted in its record, by the fenced finish of the attempt that failed: only
 its own errors count (retry). A preemption, a handoff, a fatal error of the worker, a cold stop,
