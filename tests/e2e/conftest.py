@@ -6,9 +6,41 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).parent
+
+
+@dataclass
+class LoggedProcess:
+    """A worker process started with `--log-format json`, and the events its log said so far."""
+
+    process: subprocess.Popen
+    log: Path
+    events: list[dict[str, Any]] = field(default_factory=list, kw_only=True)
+    _offset: int = field(default=0, kw_only=True)
+    _partial: str = field(default="", kw_only=True)
+
+    def read(self) -> None:
+        """Take in the lines written since the last read (a line still being written waits)."""
+        with open(self.log, errors="replace") as handle:
+            handle.seek(self._offset)
+            chunk = handle.read()
+            self._offset = handle.tell()
+        lines = (self._partial + chunk).split("\n")
+        self._partial = lines.pop()
+        self.events += [event for line in lines if (event := parse_event(line)) is not None]
+
+
+def parse_event(line: str) -> dict[str, Any] | None:
+    if not line.startswith("{"):
+        return None  # TensorFlow's own C++ logging
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:  # the last line of a SIGKILLed worker may be cut short
+        return None
 
 
 def env_for(home: Path, **more: str) -> dict[str, str]:

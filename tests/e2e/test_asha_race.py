@@ -18,12 +18,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -34,7 +32,7 @@ from shared.ports import Backend
 from shared.search import promotion_job_id, rungs, search_complete, trial_job_id
 from shared.status import JobStatus
 from shared.study import StudySpec
-from tests.e2e.conftest import env_for, start_workers, submit_json
+from tests.e2e.conftest import LoggedProcess, env_for, start_workers, submit_json
 
 pytestmark = pytest.mark.slow
 
@@ -61,36 +59,12 @@ def write_study(path: Path, dataset: Path) -> Path:
 
 
 @dataclass
-class WorkerProcess:
+class WorkerProcess(LoggedProcess):
     """A worker process and what its JSON log lines said so far."""
-
-    process: subprocess.Popen
-    log: Path
-    events: list[dict[str, Any]] = field(default_factory=list)
-    _offset: int = 0
-    _partial: str = ""
-
-    def read(self) -> None:
-        with open(self.log, errors="replace") as handle:
-            handle.seek(self._offset)
-            chunk = handle.read()
-            self._offset = handle.tell()
-        lines = (self._partial + chunk).split("\n")
-        self._partial = lines.pop()
-        self.events += [event for line in lines if (event := parse_event(line)) is not None]
 
     def owns(self, owner: str | None) -> bool:
         """Whether a record's `lease_owner` (`{hostname}-{pid}`, worker.settings) is this process."""
         return owner is not None and owner.rsplit("-", 1)[-1] == str(self.process.pid)
-
-
-def parse_event(line: str) -> dict[str, Any] | None:
-    if not line.startswith("{"):
-        return None  # TensorFlow's own C++ logging
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError:  # the last line of a SIGKILLed worker may be cut short
-        return None
 
 
 def start(env: dict[str, str], root: Path) -> list[WorkerProcess]:

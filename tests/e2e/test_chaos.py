@@ -27,7 +27,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -41,7 +40,7 @@ from shared.backends.factory import open_backend
 from shared.config import BackendConfig
 from shared.ports import Backend
 from shared.status import JobStatus
-from tests.e2e.conftest import env_for, start_workers, submit, submit_json
+from tests.e2e.conftest import LoggedProcess, env_for, start_workers, submit, submit_json
 
 try:  # the AWS test support (moto's server in a subprocess) may not exist yet on every branch
     from tests import aws_support
@@ -56,7 +55,7 @@ pytestmark = pytest.mark.slow
 
 SEED = 20240605
 JOBS = 6  # 3 learning rates x 2 momentums
-EPOCHS = 4
+EPOCHS = 6  # enough training for its kills on an idle machine too (at 4, jobs could all finish first)
 WORKERS = 3
 LEASE_S = 5  # a killed worker's job is taken over within ~lease + margin
 RECONCILE_INTERVAL_S = 5  # how often an idle worker runs the reconciler
@@ -141,26 +140,11 @@ def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Setup]:
 
 
 @dataclass
-class WorkerProcess:
+class WorkerProcess(LoggedProcess):
     """One worker process, its own cache and its own log; what its JSON log lines said so far."""
 
-    process: subprocess.Popen
-    log: Path
     spawned_at: float  # time.monotonic()
     kill_after_s: float | None  # a startup victim: killed this long after its spawn
-    events: list[dict[str, Any]] = field(default_factory=list)
-    _offset: int = 0
-    _partial: str = ""
-
-    def read(self) -> None:
-        """Take in the lines written since the last read (a line still being written waits)."""
-        with open(self.log, errors="replace") as handle:
-            handle.seek(self._offset)
-            chunk = handle.read()
-            self._offset = handle.tell()
-        lines = (self._partial + chunk).split("\n")
-        self._partial = lines.pop()
-        self.events += [event for line in lines if (event := parse_event(line)) is not None]
 
     def state(self) -> tuple[str, int | None]:
         """The phase its log shows, and the last epoch the current attempt committed (or None):
@@ -188,15 +172,6 @@ class WorkerProcess:
 
 
 SETTLED = {"succeeded", "failed", "cancelled", "preempted", "handoff", "retry", "fatal", "breaker", "lease_lost"}
-
-
-def parse_event(line: str) -> dict[str, Any] | None:
-    if not line.startswith("{"):
-        return None  # TensorFlow's own C++ logging
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError:  # the last line of a SIGKILLed worker may be cut short
-        return None
 
 
 @dataclass
